@@ -1,0 +1,189 @@
+"""Actor and critic builders with CORL's architecture and initialisation.
+
+CORL's offline CQL script has two initialisation defects (cql-spec section 7): its
+second critic ignores ``q_n_hidden_layers`` and its actor never receives the orthogonal
+init. Here every network is built by the same :class:`MLP`, whose
+``reset_parameters`` applies the spec's init, so the actor and *every* critic of the
+ensemble get the same depth and init (``CQLLoss`` re-runs ``reset_parameters`` on each
+ensemble copy, see ``cql_modules.loss``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from tensordict.nn import TensorDictModule
+from torch import nn
+from torchrl.data import Bounded
+from torchrl.modules import ProbabilisticActor, TanhNormal, ValueOperator
+
+__all__ = ["MLP", "TanhGaussianHead", "make_actor", "make_critic", "bounded_action_spec"]
+
+
+class MLP(nn.Sequential):
+    """Linear/ReLU stack; ``forward(*inputs)`` concatenates its inputs on the last dim.
+
+    ``reset_parameters`` implements CORL's ``init_module_weights``: with
+    ``orthogonal_init`` the hidden layers get orthogonal weights (gain sqrt(2)) and zero
+    bias, the last layer orthogonal weights with gain 1e-2; without it the hidden layers
+    keep PyTorch's default and the last layer gets Xavier-uniform (gain 1e-2). The last
+    bias is always zero.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden_dim: int = 256,
+        n_hidden_layers: int = 3,
+        orthogonal_init: bool = True,
+    ):
+        if n_hidden_layers < 1:
+            raise ValueError(f"n_hidden_layers must be >= 1, got {n_hidden_layers}")
+        layers: list[nn.Module] = []
+        width = in_features
+        for _ in range(n_hidden_layers):
+            layers += [nn.Linear(width, hidden_dim), nn.ReLU()]
+            width = hidden_dim
+        layers.append(nn.Linear(width, out_features))
+        super().__init__(*layers)
+        self.orthogonal_init = orthogonal_init
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        linears = [m for m in self if isinstance(m, nn.Linear)]
+        for layer in linears[:-1]:
+            layer.reset_parameters()
+            if self.orthogonal_init:
+                nn.init.orthogonal_(layer.weight, gain=math.sqrt(2))
+                nn.init.zeros_(layer.bias)
+        last = linears[-1]
+        if self.orthogonal_init:
+            nn.init.orthogonal_(last.weight, gain=1e-2)
+        else:
+            nn.init.xavier_uniform_(last.weight, gain=1e-2)
+        nn.init.zeros_(last.bias)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        x = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=-1)
+        return super().forward(x)
+
+
+class TanhGaussianHead(nn.Module):
+    """Splits ``[..., 2A]`` into (loc, scale) with CORL's log-std parametrisation.
+
+    ``log_std = clamp(multiplier * raw + offset, -20, 2)``; multiplier and offset are
+    learnable scalars, as in CORL's ``TanhGaussianPolicy`` (its ``Scalar`` modules).
+    """
+
+    def __init__(self, log_std_multiplier: float = 1.0, log_std_offset: float = -1.0):
+        super().__init__()
+        self.log_std_multiplier = nn.Parameter(torch.tensor(float(log_std_multiplier)))
+        self.log_std_offset = nn.Parameter(torch.tensor(float(log_std_offset)))
+
+    def forward(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, raw_log_std = raw.chunk(2, dim=-1)
+        log_std = (self.log_std_multiplier * raw_log_std + self.log_std_offset).clamp(-20.0, 2.0)
+        return loc, log_std.exp()
+
+
+def bounded_action_spec(
+    action_dim: int,
+    low: float | Sequence[float] | torch.Tensor = -1.0,
+    high: float | Sequence[float] | torch.Tensor = 1.0,
+) -> Bounded:
+    """A ``Bounded`` action spec of shape ``[action_dim]``."""
+    low_t = torch.as_tensor(low, dtype=torch.float32).expand(action_dim).clone()
+    high_t = torch.as_tensor(high, dtype=torch.float32).expand(action_dim).clone()
+    return Bounded(low=low_t, high=high_t, shape=(action_dim,), dtype=torch.float32)
+
+
+def _as_spec(action_spec: Bounded | int) -> Bounded:
+    if isinstance(action_spec, int):
+        return bounded_action_spec(action_spec)
+    if not hasattr(action_spec, "space") or not hasattr(action_spec.space, "low"):
+        raise TypeError(
+            f"action_spec must be a bounded TorchRL spec or an int, got {type(action_spec).__name__}; "
+            "build one with cql_modules.networks.bounded_action_spec(dim, low, high)"
+        )
+    return action_spec
+
+
+def make_actor(
+    observation_dim: int,
+    action_spec: Bounded | int,
+    *,
+    hidden_dim: int = 256,
+    n_hidden_layers: int = 3,
+    log_std_multiplier: float = 1.0,
+    log_std_offset: float = -1.0,
+    orthogonal_init: bool = True,
+    observation_key: str | tuple = "observation",
+    action_key: str | tuple = "action",
+    device: torch.device | str | None = None,
+) -> ProbabilisticActor:
+    """CORL's tanh-Gaussian policy as a TorchRL ``ProbabilisticActor``.
+
+    Args:
+        observation_dim: flat observation size.
+        action_spec: a ``Bounded`` spec (its bounds scale the tanh) or the action
+            dimension for ``[-1, 1]`` actions.
+
+    Example:
+        >>> from cql_modules import make_actor
+        >>> from tensordict import TensorDict
+        >>> import torch
+        >>> actor = make_actor(17, 6, hidden_dim=32)
+        >>> td = actor(TensorDict({"observation": torch.randn(4, 17)}, [4]))
+        >>> td["action"].shape
+        torch.Size([4, 6])
+    """
+    spec = _as_spec(action_spec)
+    action_dim = spec.shape[-1]
+    net = nn.Sequential(
+        MLP(observation_dim, 2 * action_dim, hidden_dim, n_hidden_layers, orthogonal_init),
+        TanhGaussianHead(log_std_multiplier, log_std_offset),
+    )
+    module = TensorDictModule(net, in_keys=[observation_key], out_keys=["loc", "scale"])
+    actor = ProbabilisticActor(
+        module,
+        in_keys=["loc", "scale"],
+        out_keys=[action_key],
+        spec=spec,
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": spec.space.low, "high": spec.space.high},
+        return_log_prob=False,
+    )
+    return actor.to(device) if device is not None else actor
+
+
+def make_critic(
+    observation_dim: int,
+    action_dim: int,
+    *,
+    hidden_dim: int = 256,
+    n_hidden_layers: int = 3,
+    orthogonal_init: bool = True,
+    observation_key: str | tuple = "observation",
+    action_key: str | tuple = "action",
+    device: torch.device | str | None = None,
+) -> ValueOperator:
+    """One Q(s, a) critic as a TorchRL ``ValueOperator`` writing ``state_action_value``.
+
+    ``CQLLoss`` turns it into an ensemble of ``num_qvalue_nets`` independently
+    initialised copies of the same depth, stored as stacked parameters.
+
+    Example:
+        >>> from cql_modules import make_critic
+        >>> from tensordict import TensorDict
+        >>> import torch
+        >>> critic = make_critic(17, 6, hidden_dim=32)
+        >>> td = TensorDict({"observation": torch.randn(4, 17), "action": torch.rand(4, 6)}, [4])
+        >>> critic(td)["state_action_value"].shape
+        torch.Size([4, 1])
+    """
+    net = MLP(observation_dim + action_dim, 1, hidden_dim, n_hidden_layers, orthogonal_init)
+    critic = ValueOperator(net, in_keys=[observation_key, action_key])
+    return critic.to(device) if device is not None else critic
