@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import TensorDictModule
-from tensordict.utils import NestedKey
+from tensordict.utils import NestedKey, unravel_key
 from torch import nn
 from torch.func import functional_call, vmap
 from torchrl.objectives.common import LossModule
@@ -221,8 +221,10 @@ class CQLLoss(LossModule):
         # Action bounds (uniform proposal, target entropy).
         if action_spec is None:
             action_spec = getattr(actor_network, "spec", None)
-            if action_spec is not None and hasattr(action_spec, "keys"):
-                action_spec = action_spec.get(self.tensor_keys.action, None) if len(action_spec.keys()) else None
+            if action_spec is not None and hasattr(action_spec, "keys"):  # Composite keyed by out_keys
+                # a ProbabilisticActor writes its sampled action last (after loc/scale)
+                key = actor_network.out_keys[-1]
+                action_spec = action_spec[key] if key in action_spec.keys(True, True) else None
         if action_spec is None or not hasattr(getattr(action_spec, "space", None), "low"):
             raise ValueError(
                 "CQLLoss needs a bounded action spec for its uniform proposal: pass action_spec=Bounded(...) "
@@ -273,16 +275,17 @@ class CQLLoss(LossModule):
 
     @property
     def in_keys(self):
+        obs_keys = [*self.actor_network.in_keys, *self._critic_obs_keys()]
         keys = [
             self.tensor_keys.action,
             ("next", self.tensor_keys.reward),
             ("next", self.tensor_keys.terminated),
-            *self.actor_network.in_keys,
-            *[("next", k) if isinstance(k, str) else ("next", *k) for k in self.actor_network.in_keys],
+            *obs_keys,
+            *[("next", k) for k in obs_keys],
         ]
         if self.calibrated:
             keys.append(self.tensor_keys.mc_return)
-        return list(dict.fromkeys(keys))
+        return list(dict.fromkeys(unravel_key(k) for k in keys))
 
     @property
     def out_keys(self):
@@ -475,8 +478,11 @@ class CQLLoss(LossModule):
         out.update({k: t.detach() for k, t in metrics.items()})
         return TensorDict(out, batch_size=[])
 
+    def _critic_obs_keys(self) -> list[NestedKey]:
+        return [k for k in self.qvalue_network.in_keys if k != self.tensor_keys.action]
+
     def _critic_obs(self, td: TensorDictBase) -> TensorDictBase:
-        return td.select(*[k for k in self.qvalue_network.in_keys if k != self.tensor_keys.action])
+        return td.select(*self._critic_obs_keys())
 
     def _bc_log_prob(self, dist, action: torch.Tensor) -> torch.Tensor:
         # log pi(a|s) of the dataset action. Dataset actions may sit exactly on the bounds,
