@@ -1,0 +1,101 @@
+"""The CQL update step shared by the recipes and the benchmark.
+
+One backward pass over the sum of the losses is exact here: ``CQLLoss`` routes gradients
+(actor loss -> policy only, temperature losses -> their scalars only, critic loss ->
+critics only), so the sum's gradient equals CORL's four separate backward passes, at a
+fraction of the cost (no retained graphs). All parameter groups are stepped by one Adam
+(``foreach``/``fused`` kernels) with per-group learning rates.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.objectives import SoftUpdate
+
+from cql_modules.loss import CQLLoss
+
+__all__ = ["make_optimizer", "UpdateStep", "LOSS_KEYS"]
+
+LOSS_KEYS = ("loss_actor", "loss_qvalue", "loss_alpha", "loss_alpha_prime")
+
+
+def make_optimizer(
+    loss: CQLLoss,
+    *,
+    actor_lr: float = 3e-5,
+    critic_lr: float = 3e-4,
+    alpha_lr: float | None = None,
+    alpha_prime_lr: float | None = None,
+    fused: bool | None = None,
+) -> torch.optim.Adam:
+    """Adam over the actor, the critic ensemble, log_alpha and log_alpha_prime.
+
+    CORL's defaults: alpha lr = policy lr, alpha' lr = critic lr. Param groups are named
+    (``group["name"]``) so schedulers and logs can find them.
+    """
+    groups = [
+        {"name": "actor", "params": list(loss.actor_network.parameters()), "lr": actor_lr},
+        {"name": "critic", "params": list(loss.qvalue_network_params.values(True, True)), "lr": critic_lr},
+    ]
+    if loss.auto_alpha:
+        groups.append({"name": "alpha", "params": [loss.log_alpha], "lr": actor_lr if alpha_lr is None else alpha_lr})
+    if loss.lagrange:
+        groups.append({"name": "alpha_prime", "params": [loss.log_alpha_prime],
+                       "lr": critic_lr if alpha_prime_lr is None else alpha_prime_lr})
+    device = loss.action_low.device
+    if fused is None:
+        fused = device.type in ("cuda", "cpu")
+    kwargs = {"fused": True} if fused else {"foreach": True}
+    return torch.optim.Adam(groups, **kwargs)
+
+
+class UpdateStep:
+    """``step(batch) -> metrics``: loss, one backward, one optimizer step, Polyak update.
+
+    Args:
+        loss: the :class:`CQLLoss`.
+        optimizer: from :func:`make_optimizer`.
+        tau: Polyak rate of the target critics (TorchRL ``SoftUpdate``).
+        target_update_period: update the targets every this many steps.
+        compile: wrap the loss forward + backward in ``torch.compile``.
+
+    Returns detached metric tensors (no host sync): aggregate them over a logging
+    interval and call ``.item()`` once per interval.
+    """
+
+    def __init__(
+        self,
+        loss: CQLLoss,
+        optimizer: torch.optim.Optimizer,
+        *,
+        tau: float = 5e-3,
+        target_update_period: int = 1,
+        compile: bool | str = False,
+    ) -> None:
+        self.loss = loss
+        self.optimizer = optimizer
+        self.target_updater = SoftUpdate(loss, tau=tau)
+        self.target_update_period = int(target_update_period)
+        self.n_steps = 0
+        fn: Callable[[TensorDictBase], TensorDictBase] = self._loss_and_grad
+        if compile:
+            mode = compile if isinstance(compile, str) else None
+            fn = torch.compile(fn, mode=mode, dynamic=False)
+        self._loss_and_grad_fn = fn
+
+    def _loss_and_grad(self, batch: TensorDictBase) -> TensorDictBase:
+        out = self.loss(batch)
+        total = sum(out[k] for k in LOSS_KEYS if k in out.keys())
+        total.backward()
+        return out.detach()
+
+    def __call__(self, batch: TensorDictBase) -> TensorDict:
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self._loss_and_grad_fn(batch)
+        self.optimizer.step()
+        self.n_steps += 1
+        if self.n_steps % self.target_update_period == 0:
+            self.target_updater.step()
+        return out
