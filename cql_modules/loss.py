@@ -28,6 +28,8 @@ from torch.func import functional_call, vmap
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import _reduce, distance_loss
 
+from cql_modules.networks import ensemble_mlp, is_relu_mlp
+
 __all__ = ["CQLLoss"]
 
 
@@ -217,6 +219,12 @@ class CQLLoss(LossModule):
             if k[0] != "module":
                 raise TypeError(f"critic parameter {k} is outside its `module`; wrap the critic in a ValueOperator")
         self._q_param_names = [".".join(k[1:]) for k in self._q_param_keys]
+        # Fast path for plain ReLU MLP critics: explicit batched matmuls (ensemble_mlp).
+        self._fast_critic = is_relu_mlp(critics[0].module)
+        if self._fast_critic:
+            linear_idx = [str(i) for i, m in enumerate(critics[0].module.children()) if isinstance(m, nn.Linear)]
+            self._q_weight_keys = [("module", i, "weight") for i in linear_idx]
+            self._q_bias_keys = [("module", i, "bias") for i in linear_idx]
 
         # Action bounds (uniform proposal, target entropy).
         if action_spec is None:
@@ -314,7 +322,6 @@ class CQLLoss(LossModule):
         ``obs_td`` holds the critic's non-action inputs with batch ``[B]``; ``action`` is
         ``[*lead, B, A]`` and the observations are broadcast over ``lead``.
         """
-        module = self.qvalue_network.module
         lead = action.shape[:-1]
         inputs = []
         for key in self.qvalue_network.in_keys:
@@ -323,6 +330,12 @@ class CQLLoss(LossModule):
             else:
                 x = obs_td.get(key)
                 inputs.append(x.expand(*lead, x.shape[-1]))
+        if self._fast_critic:
+            x = torch.cat(inputs, dim=-1) if len(inputs) > 1 else inputs[0]
+            weights = [params.get(k) for k in self._q_weight_keys]
+            biases = [params.get(k) for k in self._q_bias_keys]
+            return ensemble_mlp(weights, biases, x.reshape(-1, x.shape[-1])).reshape(-1, *lead)
+        module = self.qvalue_network.module
         p = {name: params.get(key) for name, key in zip(self._q_param_names, self._q_param_keys)}
 
         def q(p_k):

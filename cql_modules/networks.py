@@ -18,7 +18,15 @@ from torch import nn
 from torchrl.data import Bounded
 from torchrl.modules import ProbabilisticActor, TanhNormal, ValueOperator
 
-__all__ = ["MLP", "TanhGaussianHead", "make_actor", "make_critic", "bounded_action_spec"]
+__all__ = [
+    "MLP",
+    "TanhGaussianHead",
+    "make_actor",
+    "make_critic",
+    "bounded_action_spec",
+    "is_relu_mlp",
+    "ensemble_mlp",
+]
 
 
 class MLP(nn.Sequential):
@@ -87,6 +95,42 @@ class TanhGaussianHead(nn.Module):
         loc, raw_log_std = raw.chunk(2, dim=-1)
         log_std = (self.log_std_multiplier * raw_log_std + self.log_std_offset).clamp(-20.0, 2.0)
         return loc, log_std.exp()
+
+
+def is_relu_mlp(module: nn.Module) -> bool:
+    """True for a ``Sequential`` of alternating ``Linear``/``ReLU`` ending in a ``Linear``
+    whose forward concatenates its inputs (this module's :class:`MLP`, TorchRL's ``MLP``
+    with ``activation_class=nn.ReLU``): such critics take :func:`ensemble_mlp`."""
+    from torchrl.modules import MLP as TorchRLMLP
+
+    if not isinstance(module, (MLP, TorchRLMLP)):
+        return False
+    kids = list(module.children())
+    if len(kids) % 2 == 0:
+        return False
+    return all(isinstance(m, nn.Linear if i % 2 == 0 else nn.ReLU) for i, m in enumerate(kids))
+
+
+def ensemble_mlp(weights: list[torch.Tensor], biases: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """K ReLU MLPs with stacked parameters on a shared input, ``[R, in] -> [K, R, out]``.
+
+    Written out instead of ``vmap(functional_call)`` because it is measurably faster on
+    CPU (see benchmarks/): the bias is fused into the matmul (``baddbmm``) and the ReLU
+    runs in place on the matmul's fresh output, saving one full-size temporary and one
+    memory pass per layer; the shared first-layer input is a stride-0 expand, not a copy.
+
+    Args:
+        weights: ``[K, out_i, in_i]`` per layer; biases: ``[K, out_i]`` per layer.
+        x: ``[R, in]`` input shared by the K networks.
+    """
+    K = weights[0].shape[0]
+    h = x.expand(K, *x.shape)
+    last = len(weights) - 1
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+        if i < last:
+            h = torch.relu_(h)
+    return h
 
 
 def bounded_action_spec(

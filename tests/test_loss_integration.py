@@ -137,3 +137,25 @@ def test_cql_pushes_down_out_of_distribution_actions(cql_alpha):
         assert q_ood < q_data - 0.1, (q_ood, q_data)
     else:
         assert q_ood > q_data, (q_ood, q_data)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_generic_critic_path_matches_fast_path(activation):
+    """A critic that is not a plain ReLU MLP goes through vmap(functional_call); a TorchRL
+    ReLU MLP takes the batched-matmul path. Both equal the per-critic module call."""
+    from torch import nn
+    from torchrl.modules import MLP as TorchRLMLP, ValueOperator
+
+    act_cls = nn.ReLU if activation == "relu" else nn.Tanh
+    critic = ValueOperator(TorchRLMLP(in_features=OBS + ACT, out_features=1, num_cells=[16, 16],
+                                      activation_class=act_cls), in_keys=["observation", "action"])
+    loss = CQLLoss(make_actor(OBS, ACT, hidden_dim=16), critic, num_actions=3)
+    assert loss._fast_critic == (activation == "relu")
+    td = make_batch(B=8)
+    actions = torch.rand(5, 8, ACT) * 2 - 1
+    q = _q(loss, td["observation"], actions)  # critic 0, [5, 8]
+    for n in range(5):
+        x = TensorDict({"observation": td["observation"], "action": actions[n]}, [8])
+        with loss.qvalue_network_params[0].to_module(critic):
+            expected = critic(x)["state_action_value"].squeeze(-1)
+        assert torch.allclose(q[n], expected, atol=1e-6)

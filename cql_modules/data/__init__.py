@@ -1,0 +1,56 @@
+"""Offline data layer: dataset sources -> validated, transformed transitions -> replay buffer.
+
+>>> buffer, info = load_dataset(DEFAULT_DATASET_ID)      # built locally on first use
+>>> batch = buffer.sample()                              # TensorDict [256], keys in .keys
+>>> env = make_env(info, seed=0)                         # same state normalization
+>>> normalized_score(info, returns)                      # 100 * (r - ref_min) / (ref_max - ref_min)
+"""
+
+from . import keys
+from .behaviour import SCRIPTED_CONTROLLERS, BehaviourPolicy, load_policy, pendulum_swing_up
+from .collect import (
+    DEFAULT_DATASET_ID,
+    BehaviourSpec,
+    build_default_dataset,
+    build_minari_dataset,
+    collect_episodes,
+    ensure_default_dataset,
+)
+from .d4rl import D4RL_DATASETS, d4rl_cache_dir, read_d4rl_hdf5
+from .envs import make_env
+from .errors import DatasetError, DatasetNotFoundError
+from .info import DatasetInfo
+from .loading import load_dataset, make_replay_buffer
+from .scores import normalized_score, reference_scores
+from .transforms import RewardModification, StateNormalizer
+from .transitions import EpisodeStats, Transitions, return_to_go
+
+__all__ = [
+    "D4RL_DATASETS",
+    "DEFAULT_DATASET_ID",
+    "SCRIPTED_CONTROLLERS",
+    "BehaviourPolicy",
+    "BehaviourSpec",
+    "DatasetError",
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "EpisodeStats",
+    "RewardModification",
+    "StateNormalizer",
+    "Transitions",
+    "build_default_dataset",
+    "build_minari_dataset",
+    "collect_episodes",
+    "d4rl_cache_dir",
+    "ensure_default_dataset",
+    "keys",
+    "load_dataset",
+    "load_policy",
+    "make_env",
+    "make_replay_buffer",
+    "normalized_score",
+    "pendulum_swing_up",
+    "read_d4rl_hdf5",
+    "reference_scores",
+    "return_to_go",
+]

@@ -1,0 +1,278 @@
+"""Build Minari datasets locally by running behaviour policies through a TorchRL ``Collector``.
+
+The default dataset, ``cql-modules/pendulum/mixed-v0`` (:data:`DEFAULT_DATASET_ID`), is built
+by this code on first use (``load_dataset(DEFAULT_DATASET_ID)`` or
+``ensure_default_dataset()``), with no network, and cached under minari's root
+(``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``):
+
+* environment: gymnasium ``Pendulum-v1`` (3-d observation, 1-d torque in [-2, 2], 200-step
+  episodes that always end by time-out);
+* reference "expert" (``ref_max_score``): the scripted energy-pumping swing-up + PD
+  stabilizer :func:`~cql_modules.data.behaviour.pendulum_swing_up`, about -143 mean return;
+  ``ref_min_score``: the uniform random policy, about -1200; both measured over 50 episodes
+  and stored in the dataset metadata;
+* behaviour (400 episodes, 80k transitions, medium-replay-like mixture): 30% uniform random
+  episodes, 35% expert with Gaussian action noise of std 1.0 x the action half-range, 35%
+  expert with noise 0.3 and 50% epsilon-random actions. Its normalized score is about 40,
+  well below the expert, so offline RL has something to gain.
+
+Collection runs 16 environments in a gymnasium ``SyncVectorEnv`` (same-step autoreset)
+wrapped by TorchRL's ``GymWrapper``; only complete episodes are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from . import keys
+from .behaviour import ActionFn, BehaviourPolicy, resolve_policy
+from .errors import DatasetError
+from .minari_source import is_local_minari, minari_root
+
+DEFAULT_DATASET_ID = "cql-modules/pendulum/mixed-v0"
+DEFAULT_ENV_ID = "Pendulum-v1"
+
+
+@dataclass
+class BehaviourSpec:
+    """One behaviour policy of a dataset's mixture and how many episodes it contributes.
+
+    ``policy``: ``"random"`` (uniform), ``"scripted"`` (the env's scripted controller), a path
+    to a saved TorchRL policy, or a callable ``observation -> action``. ``noise_std``: std of
+    Gaussian action noise as a fraction of the action half-range. ``epsilon``: probability
+    of a uniform random action at each step.
+    """
+
+    policy: str | ActionFn = "random"
+    episodes: int = 10
+    noise_std: float = 0.0
+    epsilon: float = 0.0
+
+
+def default_behaviour(episodes: int = 400) -> list[BehaviourSpec]:
+    """The mixture of the default dataset (see the module docstring)."""
+    n_random = round(0.3 * episodes)
+    n_noisy = round(0.35 * episodes)
+    return [
+        BehaviourSpec("random", n_random),
+        BehaviourSpec("scripted", n_noisy, noise_std=1.0),
+        BehaviourSpec("scripted", episodes - n_random - n_noisy, noise_std=0.3, epsilon=0.5),
+    ]
+
+
+def make_vector_env(env_id: str, num_envs: int):
+    """``num_envs`` copies of a gymnasium env stepped in this process, as a TorchRL env."""
+    from torchrl.envs import GymWrapper
+
+    venv = gym.vector.SyncVectorEnv(
+        [partial(gym.make, env_id)] * num_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
+    return GymWrapper(venv), venv.single_action_space
+
+
+def collect_episodes(
+    env_id: str,
+    behaviour: BehaviourSpec,
+    *,
+    num_envs: int = 16,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict[str, np.ndarray]]:
+    """Run one behaviour policy through a TorchRL ``Collector`` until ``behaviour.episodes``
+    episodes are complete; return them as Minari-style dicts (``observations`` has one more
+    row than ``actions``, the final observation)."""
+    from torchrl.collectors import Collector
+    from tqdm.auto import tqdm
+
+    n_envs = min(num_envs, max(behaviour.episodes, 1))
+    env, action_space = make_vector_env(env_id, n_envs)
+    base = resolve_policy(behaviour.policy, env_id)
+    policy = BehaviourPolicy(action_space, base, behaviour.noise_std, behaviour.epsilon, seed=seed)
+    steps = min(gym.spec(env_id).max_episode_steps or 1000, 1000)
+    collector = Collector(env, policy, frames_per_batch=n_envs * steps, total_frames=-1)
+    collector.set_seed(seed)
+    batches, done_count = [], 0
+    name = behaviour.policy if isinstance(behaviour.policy, str) else "policy"
+    with tqdm(total=behaviour.episodes, desc=f"collect {env_id} {name}", disable=not progress) as bar:
+        for batch in collector:
+            batches.append(batch.exclude("collector"))
+            new = int(batch[keys.DONE].sum())
+            bar.update(min(new, behaviour.episodes - done_count))
+            done_count += new
+            if done_count >= behaviour.episodes:
+                break
+    collector.shutdown()
+    data = torch.cat(batches, dim=1)  # [n_envs, time]
+    return _split_episodes(data)[: behaviour.episodes]
+
+
+def _split_episodes(data) -> list[dict[str, np.ndarray]]:
+    """Cut each environment's row at its episode ends, ordered by end time; drop partial tails."""
+    done = data[keys.DONE].squeeze(-1).numpy()
+    cols = {k: data[k].numpy() for k in (keys.OBSERVATION, keys.ACTION, keys.NEXT_OBSERVATION, keys.REWARD,
+                                          keys.TERMINATED, keys.TRUNCATED)}  # fmt: skip
+    found = []
+    for env_idx in range(done.shape[0]):
+        start = 0
+        for end in np.flatnonzero(done[env_idx]):
+            row = {k: v[env_idx, start : end + 1] for k, v in cols.items()}
+            found.append((end, env_idx, {
+                "observations": np.concatenate([row[keys.OBSERVATION], row[keys.NEXT_OBSERVATION][-1:]]),
+                "actions": row[keys.ACTION],
+                "rewards": row[keys.REWARD].reshape(-1),
+                "terminations": row[keys.TERMINATED].reshape(-1),
+                "truncations": row[keys.TRUNCATED].reshape(-1),
+            }))  # fmt: skip
+            start = end + 1
+    return [episode for _, _, episode in sorted(found, key=lambda x: x[:2])]
+
+
+def mean_return(episodes: Sequence[dict[str, np.ndarray]]) -> float:
+    return float(np.mean([ep["rewards"].sum(dtype=np.float64) for ep in episodes]))
+
+
+@contextlib.contextmanager
+def _minari_root_at(path: Path):
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["MINARI_DATASETS_PATH"]
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+
+
+def build_minari_dataset(
+    dataset_id: str,
+    env_id: str,
+    behaviour: Sequence[BehaviourSpec],
+    *,
+    reference_policy: str | ActionFn = "scripted",
+    reference_episodes: int = 50,
+    num_envs: int = 16,
+    seed: int = 0,
+    description: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Collect the behaviour mixture in ``env_id`` and write it as Minari dataset ``dataset_id``.
+
+    ``ref_min_score`` (uniform random policy) and ``ref_max_score`` (``reference_policy``) are
+    measured over ``reference_episodes`` episodes each and stored in the dataset metadata.
+    The dataset is written under a temporary root and moved into minari's root in one
+    rename, so an interrupted or concurrent build never leaves a half-written dataset.
+    Returns the measured numbers (returns, normalized behaviour score, seconds).
+    """
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    root = minari_root()
+    target = root / dataset_id
+    if target.exists() and not overwrite:
+        raise DatasetError(f"Minari dataset '{dataset_id}' already exists at {target}; pass overwrite=True")
+    start = time.perf_counter()
+    episodes = []
+    for i, spec in enumerate(behaviour):
+        episodes += collect_episodes(env_id, spec, num_envs=num_envs, seed=seed + 1000 * i, progress=progress)
+    ref_seed = seed + 1000 * len(behaviour)
+    ref_min = mean_return(collect_episodes(
+        env_id, BehaviourSpec("random", reference_episodes), num_envs=num_envs, seed=ref_seed, progress=progress
+    ))  # fmt: skip
+    ref_max = mean_return(collect_episodes(
+        env_id, BehaviourSpec(reference_policy, reference_episodes), num_envs=num_envs, seed=ref_seed + 1,
+        progress=progress,
+    ))  # fmt: skip
+    buffers = [EpisodeBuffer(id=i, **ep) for i, ep in enumerate(episodes)]
+
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".build-"))  # hidden: minari ignores it
+    try:
+        with _minari_root_at(tmp):
+            minari.create_dataset_from_buffers(
+                dataset_id,
+                buffers,
+                env=env_id,
+                algorithm_name="cql-modules behaviour mixture: "
+                + ", ".join(f"{s.episodes}x{s.policy if isinstance(s.policy, str) else 'policy'}"
+                            f"(noise={s.noise_std},eps={s.epsilon})" for s in behaviour),  # fmt: skip
+                author="cql-modules",
+                author_email="n/a",
+                code_permalink="cql_modules/data/collect.py",
+                ref_min_score=ref_min,
+                ref_max_score=ref_max,
+                num_episodes_average_score=reference_episodes,
+                description=description or f"Behaviour mixture collected in {env_id} by cql_modules.data.collect",
+            )
+        if overwrite and target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for parent in Path(dataset_id).parents:  # minari's namespace metadata files
+            meta = tmp / parent / "namespace_metadata.json"
+            if str(parent) != "." and meta.exists() and not (root / meta.relative_to(tmp)).exists():
+                shutil.copy(meta, root / meta.relative_to(tmp))
+        try:
+            os.rename(tmp / dataset_id, target)
+        except OSError:
+            if not is_local_minari(dataset_id):  # else a concurrent build won: keep theirs
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    behaviour_return = mean_return(episodes)
+    return {
+        "episodes": len(episodes),
+        "transitions": sum(len(ep["rewards"]) for ep in episodes),
+        "behaviour_return": behaviour_return,
+        "random_return": ref_min,
+        "reference_return": ref_max,
+        "behaviour_score": 100.0 * (behaviour_return - ref_min) / (ref_max - ref_min),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def build_default_dataset(
+    dataset_id: str = DEFAULT_DATASET_ID,
+    *,
+    episodes: int = 400,
+    reference_episodes: int = 50,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Build the default Pendulum dataset (see the module docstring); smaller with ``episodes``."""
+    return build_minari_dataset(
+        dataset_id,
+        DEFAULT_ENV_ID,
+        default_behaviour(episodes),
+        reference_policy="scripted",
+        reference_episodes=reference_episodes,
+        seed=seed,
+        overwrite=overwrite,
+        progress=progress,
+        description="Pendulum-v1, medium-replay-like mixture of random, noisy and epsilon-random "
+        "scripted swing-up episodes (cql_modules.data.collect.build_default_dataset).",
+    )
+
+
+def ensure_default_dataset(progress: bool = True) -> str:
+    """Build :data:`DEFAULT_DATASET_ID` if it is not in minari's root yet; return its id."""
+    if not is_local_minari(DEFAULT_DATASET_ID):
+        build_default_dataset(progress=progress)
+    return DEFAULT_DATASET_ID
+
+
+# Ids that load_dataset builds locally when missing instead of asking for a download.
+LOCAL_BUILDERS = {DEFAULT_DATASET_ID: ensure_default_dataset}

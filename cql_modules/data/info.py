@@ -1,0 +1,57 @@
+"""``DatasetInfo``: everything about a loaded dataset except the transitions themselves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import gymnasium as gym
+
+from .transforms import RewardModification, StateNormalizer
+from .transitions import EpisodeStats
+
+
+@dataclass
+class DatasetInfo:
+    """Description of a dataset returned by :func:`load_dataset` next to its replay buffer.
+
+    Attributes:
+        name: the id, D4RL name or path it was loaded from.
+        source: ``"minari"`` or ``"d4rl"`` (an HDF5 file in D4RL layout).
+        observation_space / action_space: gymnasium ``Box`` spaces of the stored data (raw,
+            i.e. before state normalization; a Minari ``Dict`` space is flattened).
+        env_id: gymnasium id of the environment to evaluate in (None if there is none).
+        env_spec: full gymnasium ``EnvSpec`` (Minari datasets) or None; ``make_env`` prefers it.
+        flatten_observation: the evaluation env needs gymnasium's ``FlattenObservation``.
+        num_transitions: transitions in the replay buffer.
+        episodes: episode statistics of the raw rewards (count, mean/min/max return).
+        ref_min_score / ref_max_score: normalized-score references (D4RL table, Minari
+            metadata), or None when the dataset has none.
+        normalizer: the state normalizer applied to the buffer, or None.
+        reward_modification: the reward modification applied to the buffer.
+        gamma: discount of the ``mc_return`` entries.
+        sparse_reward: whether the sparse-reward return-to-go rule was used.
+    """
+
+    name: str
+    source: Literal["minari", "d4rl"]
+    observation_space: gym.spaces.Box
+    action_space: gym.spaces.Box
+    env_id: str | None
+    num_transitions: int
+    episodes: EpisodeStats
+    ref_min_score: float | None = None
+    ref_max_score: float | None = None
+    normalizer: StateNormalizer | None = None
+    reward_modification: RewardModification = field(default_factory=RewardModification)
+    gamma: float = 0.99
+    sparse_reward: bool = False
+    flatten_observation: bool = False
+    env_spec: Any = None
+
+    @property
+    def behaviour_score(self) -> float | None:
+        """Normalized score (0-100) of the dataset's mean episode return, if refs are known."""
+        from .scores import normalized_score
+
+        return None if self.ref_min_score is None else float(normalized_score(self, self.episodes.return_mean))
