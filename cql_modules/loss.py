@@ -81,6 +81,10 @@ class CQLLoss(LossModule):
         loss_function: TD distance, ``"l2"`` (default), ``"l1"`` or ``"smooth_l1"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-sample losses of the
             batch shape).
+        critic_compute_dtype: optional lower precision (``torch.bfloat16`` or
+            ``"bfloat16"``) for the critic ensemble's hidden layers, where nearly all
+            FLOPs are. Master weights, gradients, the last layer and every loss formula
+            stay in full precision. Off by default: check learning before using it.
 
     The output holds ``loss_actor``, ``loss_qvalue``, ``loss_alpha`` (and
     ``loss_alpha_prime`` with ``lagrange``), to be summed and back-propagated once, plus
@@ -169,6 +173,7 @@ class CQLLoss(LossModule):
         calibrated: bool = False,
         loss_function: str = "l2",
         reduction: str = "mean",
+        critic_compute_dtype: torch.dtype | str | None = None,
     ) -> None:
         super().__init__()
         if num_qvalue_nets < 1:
@@ -274,6 +279,11 @@ class CQLLoss(LossModule):
         self.calibrated = calibrated
         self.loss_function = loss_function
         self.reduction = reduction
+        if isinstance(critic_compute_dtype, str):
+            critic_compute_dtype = getattr(torch, critic_compute_dtype, None)
+            if not isinstance(critic_compute_dtype, torch.dtype):
+                raise ValueError("critic_compute_dtype must name a torch float dtype, e.g. 'bfloat16'")
+        self.critic_compute_dtype = critic_compute_dtype
         # Update counter for the BC warm-up; a buffer so that it is checkpointed.
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.long))
 
@@ -334,16 +344,18 @@ class CQLLoss(LossModule):
             x = torch.cat(inputs, dim=-1) if len(inputs) > 1 else inputs[0]
             weights = [params.get(k) for k in self._q_weight_keys]
             biases = [params.get(k) for k in self._q_bias_keys]
-            return ensemble_mlp(weights, biases, x.reshape(-1, x.shape[-1])).reshape(-1, *lead)
+            q = ensemble_mlp(weights, biases, x.reshape(-1, x.shape[-1]), self.critic_compute_dtype)
+            return q.reshape(-1, *lead)
         module = self.qvalue_network.module
         p = {name: params.get(key) for name, key in zip(self._q_param_names, self._q_param_keys)}
 
         def q(p_k):
             return functional_call(module, p_k, tuple(inputs))
 
-        if self.num_qvalue_nets == 1:
-            return q(p).squeeze(-1).unsqueeze(0)
-        return vmap(q)(p).squeeze(-1)
+        dtype = self.critic_compute_dtype
+        with torch.autocast(action.device.type, dtype=dtype, enabled=dtype is not None):
+            out = q(p).unsqueeze(0) if self.num_qvalue_nets == 1 else vmap(q)(p)
+        return out.squeeze(-1).to(action.dtype)
 
     @property
     def alpha(self) -> torch.Tensor:

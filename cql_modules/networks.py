@@ -111,7 +111,12 @@ def is_relu_mlp(module: nn.Module) -> bool:
     return all(isinstance(m, nn.Linear if i % 2 == 0 else nn.ReLU) for i, m in enumerate(kids))
 
 
-def ensemble_mlp(weights: list[torch.Tensor], biases: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def ensemble_mlp(
+    weights: list[torch.Tensor],
+    biases: list[torch.Tensor],
+    x: torch.Tensor,
+    compute_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """K ReLU MLPs with stacked parameters on a shared input, ``[R, in] -> [K, R, out]``.
 
     Written out instead of ``vmap(functional_call)`` because it is measurably faster on
@@ -122,12 +127,19 @@ def ensemble_mlp(weights: list[torch.Tensor], biases: list[torch.Tensor], x: tor
     Args:
         weights: ``[K, out_i, in_i]`` per layer; biases: ``[K, out_i]`` per layer.
         x: ``[R, in]`` input shared by the K networks.
+        compute_dtype: e.g. ``torch.bfloat16``: hidden layers run in that dtype (master
+            weights and gradients stay in their own dtype); the last layer runs in the
+            parameters' dtype so that Q values keep full precision for the TD error.
     """
     K = weights[0].shape[0]
+    out_dtype = weights[-1].dtype
+    if compute_dtype is not None:
+        x = x.to(compute_dtype)
     h = x.expand(K, *x.shape)
     last = len(weights) - 1
     for i, (w, b) in enumerate(zip(weights, biases)):
-        h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+        dtype = out_dtype if i == last else (compute_dtype or w.dtype)
+        h = torch.baddbmm(b.to(dtype).unsqueeze(1), h.to(dtype), w.to(dtype).transpose(1, 2))
         if i < last:
             h = torch.relu_(h)
     return h

@@ -8,6 +8,9 @@ fraction of the cost (no retained graphs). All parameter groups are stepped by o
 """
 from __future__ import annotations
 
+import ctypes
+import functools
+import sys
 from typing import Callable
 
 import torch
@@ -16,9 +19,31 @@ from torchrl.objectives import SoftUpdate
 
 from cql_modules.loss import CQLLoss
 
-__all__ = ["make_optimizer", "UpdateStep", "LOSS_KEYS"]
+__all__ = ["make_optimizer", "UpdateStep", "LOSS_KEYS", "tune_cpu_allocator"]
 
 LOSS_KEYS = ("loss_actor", "loss_qvalue", "loss_alpha", "loss_alpha_prime")
+
+
+@functools.cache
+def tune_cpu_allocator(mmap_threshold: int = 32 << 20) -> bool:
+    """Keep freed activation buffers in glibc's heap instead of returning them to the OS.
+
+    A CQL update allocates and frees ~16 MB activations dozens of times; by default glibc
+    serves such sizes with fresh ``mmap`` pages whose first-touch page faults cost more
+    than the ReLUs themselves. Raising the mmap and trim thresholds (``mallopt``) made the
+    CORL-shape CPU update 1.5x faster here (8.9 -> 13.1 updates/s, see benchmarks/).
+    Process-wide and harmless elsewhere; a no-op off glibc. Returns True when applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(
+            libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+        )
+    except (OSError, AttributeError):
+        return False
 
 
 def make_optimizer(
@@ -59,7 +84,9 @@ class UpdateStep:
         optimizer: from :func:`make_optimizer`.
         tau: Polyak rate of the target critics (TorchRL ``SoftUpdate``).
         target_update_period: update the targets every this many steps.
-        compile: wrap the loss forward + backward in ``torch.compile``.
+        compile: wrap the loss forward + backward in ``torch.compile`` (``True`` or a
+            compile mode such as ``"max-autotune-no-cudagraphs"``).
+        tune_allocator: on CPU, apply :func:`tune_cpu_allocator` (process-wide).
 
     Returns detached metric tensors (no host sync): aggregate them over a logging
     interval and call ``.item()`` once per interval.
@@ -73,7 +100,10 @@ class UpdateStep:
         tau: float = 5e-3,
         target_update_period: int = 1,
         compile: bool | str = False,
+        tune_allocator: bool = True,
     ) -> None:
+        if tune_allocator and loss.action_low.device.type == "cpu":
+            tune_cpu_allocator()
         self.loss = loss
         self.optimizer = optimizer
         self.target_updater = SoftUpdate(loss, tau=tau)

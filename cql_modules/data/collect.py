@@ -23,6 +23,7 @@ wrapped by TorchRL's ``GymWrapper``; only complete episodes are kept.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -79,7 +80,13 @@ def make_vector_env(env_id: str, num_envs: int):
     venv = gym.vector.SyncVectorEnv(
         [partial(gym.make, env_id)] * num_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )
-    return GymWrapper(venv), venv.single_action_space
+    torchrl_logger = logging.getLogger("torchrl")
+    level = torchrl_logger.level
+    torchrl_logger.setLevel(logging.WARNING)  # silence the info-dict spec probing messages
+    try:
+        return GymWrapper(venv), venv.single_action_space
+    finally:
+        torchrl_logger.setLevel(level)
 
 
 def collect_episodes(
@@ -101,8 +108,10 @@ def collect_episodes(
     base = resolve_policy(behaviour.policy, env_id)
     policy = BehaviourPolicy(action_space, base, behaviour.noise_std, behaviour.epsilon, seed=seed)
     steps = min(gym.spec(env_id).max_episode_steps or 1000, 1000)
-    collector = Collector(env, policy, frames_per_batch=n_envs * steps, total_frames=-1)
-    collector.set_seed(seed)
+    env.set_seed(seed)  # before the collector's first reset, so its first observations are the seeded ones
+    collector = Collector(
+        env, policy, frames_per_batch=n_envs * steps, total_frames=-1, auto_register_policy_transforms=False
+    )
     batches, done_count = [], 0
     name = behaviour.policy if isinstance(behaviour.policy, str) else "policy"
     with tqdm(total=behaviour.episodes, desc=f"collect {env_id} {name}", disable=not progress) as bar:
@@ -206,6 +215,7 @@ def build_minari_dataset(
                 dataset_id,
                 buffers,
                 env=env_id,
+                eval_env=env_id,
                 algorithm_name="cql-modules behaviour mixture: "
                 + ", ".join(f"{s.episodes}x{s.policy if isinstance(s.policy, str) else 'policy'}"
                             f"(noise={s.noise_std},eps={s.epsilon})" for s in behaviour),  # fmt: skip

@@ -1,0 +1,281 @@
+"""Thin glue over TorchRL's loggers, plus the files every run directory always has.
+
+:class:`RunLogger` sends each logged dict to the configured
+``torchrl.record.loggers`` backends (``CSVLogger``, ``TensorboardLogger``,
+``WandbLogger``; W&B runs in offline mode unless configured, so no network is needed)
+and appends it as one line to ``metrics.jsonl`` (flushed per line). It also writes
+``summary.json`` (atomically) and the learning-curve PNG (matplotlib, Agg backend).
+
+On resume, :meth:`RunLogger.rewind` drops what was logged after the checkpoint (from
+``metrics.jsonl`` and the CSV files) so that the re-run interval is not logged twice.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+__all__ = ["RunLogger", "read_metrics", "write_json", "plot_learning_curve"]
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CURVE_FILE = "learning_curve.png"
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no inf/NaN: write them as strings ("inf", "-inf", "nan")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_json(data: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write JSON atomically (temp file + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_clean(data), f, indent=2, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (a torn last line, from a killed run, is skipped)."""
+    records = []
+    path = Path(path)
+    if not path.is_file():
+        return records
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def plot_learning_curve(
+    records: Iterable[dict[str, Any]],
+    path: str | os.PathLike,
+    *,
+    metric: str = "d4rl_normalized_score",
+    fallback: str = "eval_score",
+    title: str | None = None,
+    reference_lines: dict[str, float] | None = None,
+) -> Path | None:
+    """Plot ``metric`` (else ``fallback``) against ``step``; mark ``reference_lines``
+    (label -> y, e.g. the behaviour policy's score). Returns None if nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    records = list(records)
+    key = metric if any(metric in r for r in records) else fallback
+    points = [(r["step"], r[key]) for r in records if key in r and isinstance(r.get(key), (int, float))]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    if points:
+        steps, values = zip(*points)
+        ax.plot(steps, values, marker="o", markersize=3, label="CQL (deterministic policy)")
+        std_key = "eval/normalized_score_std" if key == metric else "eval/return_std"
+        stds = [r.get(std_key) for r in records if key in r and isinstance(r.get(key), (int, float))]
+        if all(isinstance(s, (int, float)) for s in stds):
+            lo = [v - s for v, s in zip(values, stds)]
+            hi = [v + s for v, s in zip(values, stds)]
+            ax.fill_between(steps, lo, hi, alpha=0.2)
+    for i, (label, y) in enumerate((reference_lines or {}).items()):
+        if y is not None and math.isfinite(y):
+            ax.axhline(y, linestyle="--", color=f"C{i + 1}", label=label)
+    ax.set_xlabel("updates")
+    ax.set_ylabel("normalized score" if key == metric else "return")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if points or reference_lines:
+        ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+class RunLogger:
+    """Log dicts of floats to TorchRL loggers and ``metrics.jsonl`` in ``run_dir``.
+
+    Args:
+        run_dir: the run directory (Hydra's output dir).
+        backends: any of ``"csv"``, ``"tensorboard"``, ``"wandb"``.
+        exp_name: experiment name (sub-directory of the CSV/TensorBoard logs, W&B run name).
+        config: logged as hyper-parameters (W&B config, TensorBoard hparams, CSV text).
+        project, group: W&B project / group.
+        wandb_mode: ``"offline"`` / ``"online"`` / ``"disabled"``; None: ``$WANDB_MODE``,
+            else offline.
+        wandb_id: resume this W&B run (from :meth:`state_dict`).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        backends: Iterable[str] = ("csv",),
+        *,
+        exp_name: str = "cql",
+        config: dict[str, Any] | None = None,
+        project: str = "cql-modules",
+        group: str | None = None,
+        wandb_mode: str | None = None,
+        wandb_id: str | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / METRICS_FILE
+        self.exp_name = exp_name
+        self.loggers: dict[str, Any] = {}
+        for backend in dict.fromkeys(backends):
+            self.loggers[backend] = self._make(backend, config, project, group, wandb_mode, wandb_id)
+        self._jsonl = open(self.metrics_path, "a")
+
+    def _make(self, backend, config, project, group, wandb_mode, wandb_id):
+        from torchrl.record.loggers import CSVLogger, TensorboardLogger, WandbLogger
+
+        if backend == "csv":
+            logger = CSVLogger(exp_name=self.exp_name, log_dir=str(self.run_dir / "csv"))
+        elif backend == "tensorboard":
+            logger = TensorboardLogger(exp_name=self.exp_name, log_dir=str(self.run_dir / "tensorboard"))
+        elif backend == "wandb":
+            mode = wandb_mode or os.environ.get("WANDB_MODE") or "offline"
+            if mode == "dryrun":
+                mode = "offline"
+            os.environ.setdefault("WANDB_SILENT", "true")
+            logger = WandbLogger(
+                exp_name=self.exp_name,
+                offline=False,  # the mode below decides (WandbLogger's offline flag sets a global env var)
+                save_dir=str(self.run_dir),
+                id=wandb_id,
+                project=project,
+                group=group,
+                mode=mode,
+                log_env_packages=False,
+                config=_clean(config or {}),
+            )
+            return logger
+        else:
+            raise ValueError(f"unknown logger backend {backend!r}: use csv, tensorboard or wandb")
+        if config:
+            try:
+                logger.log_hparams(_flat(config))
+            except Exception:  # hparams are a convenience; never fail a run on them
+                pass
+        return logger
+
+    # -------------------------------------------------------------- logging
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Send ``metrics`` to every backend and append ``{"step": step, **metrics}``."""
+        metrics = {k: float(v) for k, v in metrics.items()}
+        for logger in self.loggers.values():
+            logger.log_metrics(metrics, step=step)
+        self._jsonl.write(json.dumps(_clean({"step": int(step), **metrics})) + "\n")
+        self._jsonl.flush()
+
+    def records(self) -> list[dict[str, Any]]:
+        self._jsonl.flush()
+        return read_metrics(self.metrics_path)
+
+    def rewind(self, step: int) -> None:
+        """Forget what was logged after ``step`` (resume from a checkpoint at ``step``)."""
+        self._jsonl.close()
+        kept = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) <= step]
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        with open(tmp, "w") as f:
+            for r in kept:
+                f.write(json.dumps(r) + "\n")
+        os.replace(tmp, self.metrics_path)
+        self._jsonl = open(self.metrics_path, "a")
+        if "csv" in self.loggers:
+            experiment = self.loggers["csv"].experiment
+            for fd in experiment.files.values():
+                fd.close()
+            experiment.files.clear()
+            for csv_path in Path(experiment.log_dir, "scalars").glob("**/*.csv"):
+                lines = csv_path.read_text().splitlines()
+                keep = [ln for ln in lines if _csv_step(ln) is not None and _csv_step(ln) <= step]
+                csv_path.write_text("".join(ln + "\n" for ln in keep))
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"exp_name": self.exp_name}
+        if "wandb" in self.loggers:
+            state["wandb_id"] = getattr(self.loggers["wandb"].experiment, "id", None)
+        return state
+
+    # -------------------------------------------------------------- run files
+    def write_summary(self, summary: dict[str, Any]) -> Path:
+        path = write_json(summary, self.run_dir / SUMMARY_FILE)
+        if "wandb" in self.loggers:
+            run = self.loggers["wandb"].experiment
+            for k, v in summary.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    run.summary[k] = v
+        return path
+
+    def plot(self, path: str | os.PathLike | None = None, **kwargs) -> Path | None:
+        return plot_learning_curve(self.records(), path or self.run_dir / CURVE_FILE, **kwargs)
+
+    def close(self) -> None:
+        if not self._jsonl.closed:
+            self._jsonl.close()
+        for logger in self.loggers.values():
+            try:
+                logger.shutdown()
+            except Exception:
+                pass
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _csv_step(line: str) -> int | None:
+    try:
+        return int(float(line.split(",", 1)[0]))
+    except (ValueError, IndexError):
+        return None
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out[f"{prefix}{k}"] = "None" if v is None else (str(v) if isinstance(v, float) and not math.isfinite(v) else v)
+        else:
+            out[f"{prefix}{k}"] = str(v)
+    return out

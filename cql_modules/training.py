@@ -1,0 +1,596 @@
+"""Loop pieces shared by the recipes (offline CQL, offline-to-online fine-tuning).
+
+Nothing here knows about a particular recipe; a recipe strings the pieces together:
+
+* configuration: :class:`OfflineConfig` (a Hydra structured config; every field is
+  overridable from the command line) and :func:`validate_config`, which fails at start
+  with the field name (``batch_size: must be > 0, got -1``);
+* :class:`MetricAggregator`: sums the detached metric tensors of every update on the
+  device and syncs with the host once per logging interval; its sums double as the
+  NaN/inf guard (a sum is finite iff every summand is), raising
+  :class:`NonFiniteLossError` naming the loss term;
+* RNG state capture / restore (torch CPU + CUDA, numpy, python, the replay buffer's own
+  generator if it has one) and :func:`preserve_rng` so that evaluation never moves the
+  training random stream;
+* checkpoints: :func:`training_state` / :func:`load_training_state` (parameters, target
+  networks, optimizer, temperatures, update counters, normalizer, RNG) and
+  :func:`save_checkpoint` / :func:`load_checkpoint` (atomic: temp file + ``os.replace``);
+* :class:`LastGoodState`: the state at the last finite logging boundary, written out when
+  the guard fires;
+* :func:`run_updates`: the hot loop (sample, update, accumulate; no host sync).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import random
+import re
+import tempfile
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from tensordict import TensorDictBase
+
+from cql_modules.update import LOSS_KEYS
+
+__all__ = [
+    "ConfigError",
+    "DatasetConfig",
+    "NetworkConfig",
+    "LossConfig",
+    "OptimConfig",
+    "EvalConfig",
+    "LoggerConfig",
+    "CheckpointConfig",
+    "OfflineConfig",
+    "register_configs",
+    "validate_config",
+    "resolve_device",
+    "MetricAggregator",
+    "NonFiniteLossError",
+    "capture_rng_state",
+    "restore_rng_state",
+    "preserve_rng",
+    "seed_everything",
+    "training_state",
+    "load_training_state",
+    "save_checkpoint",
+    "load_checkpoint",
+    "find_checkpoint",
+    "LastGoodState",
+    "run_updates",
+    "config_to_dict",
+    "flat_fields",
+    "dataset_problem",
+    "CHECKPOINT_VERSION",
+]
+
+CHECKPOINT_VERSION = 1
+LOGGER_BACKENDS = ("csv", "tensorboard", "wandb")
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass
+class DatasetConfig:
+    """Which data and how it is prepared (cql-spec section 6)."""
+
+    name: str = "cql-modules/pendulum/mixed-v0"  #: Minari id, D4RL name, HDF5 file or Minari dir
+    normalize: bool = True  #: state normalization (dataset mean/std, std + 1e-3)
+    normalize_reward: bool = False  #: CORL's return-range reward scaling
+    reward_scale: float = 1.0
+    reward_bias: float = 0.0
+    download: bool = False  #: allow downloading a D4RL file / Minari dataset
+
+
+@dataclass
+class NetworkConfig:
+    """Actor / critic architecture (``make_actor`` / ``make_critic``)."""
+
+    hidden_dim: int = 256
+    actor_n_hidden_layers: int = 3
+    q_n_hidden_layers: int = 3
+    orthogonal_init: bool = True
+    log_std_multiplier: float = 1.0
+    log_std_offset: float = -1.0
+
+
+@dataclass
+class LossConfig:
+    """Keyword arguments of :class:`cql_modules.CQLLoss` (same names, same defaults)."""
+
+    num_qvalue_nets: int = 2
+    gamma: float = 0.99
+    num_actions: int = 10
+    importance_sample: bool = True
+    lagrange: bool = False
+    target_action_gap: float = -1.0
+    temperature: float = 1.0
+    cql_alpha: float = 10.0
+    max_target_backup: bool = False
+    backup_entropy: bool = False
+    clip_diff_min: float = -math.inf
+    clip_diff_max: float = math.inf
+    bc_steps: int = 0
+    alpha_multiplier: float = 1.0
+    auto_alpha: bool = True
+    target_entropy: Any = "auto"  #: "auto" (= -|A|) or a number
+    calibrated: bool = False
+    loss_function: str = "l2"
+
+
+@dataclass
+class OptimConfig:
+    """Adam learning rates (``make_optimizer``) and the target-network update (``UpdateStep``)."""
+
+    actor_lr: float = 3e-5
+    critic_lr: float = 3e-4
+    alpha_lr: Optional[float] = None  #: None: actor_lr (CORL)
+    alpha_prime_lr: Optional[float] = None  #: None: critic_lr (CORL)
+    tau: float = 5e-3
+    target_update_period: int = 1
+
+
+@dataclass
+class EvalConfig:
+    """Full-episode evaluation of the deterministic policy."""
+
+    every: int = 5000  #: updates between evaluations (0: no evaluation)
+    n_episodes: int = 10
+    seed_offset: int = 10_000  #: evaluation env seed = seed + seed_offset (+ episode index)
+    max_episode_steps: Optional[int] = None  #: None: the env's own time limit
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics go. ``metrics.jsonl``, ``summary.json`` and the PNG are always written."""
+
+    backends: list = field(default_factory=lambda: ["csv", "tensorboard"])  #: csv / tensorboard / wandb
+    every: int = 1000  #: updates per logging interval (one host sync per interval)
+    project: str = "cql-modules"
+    group: Optional[str] = None
+    name: Optional[str] = None  #: experiment name; None: cql-<dataset>-seed<seed>
+    wandb_mode: Optional[str] = None  #: None: $WANDB_MODE, else "offline"
+    progress: bool = True  #: tqdm progress bar
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 50_000  #: updates between periodic checkpoints (0: final only)
+    dir: str = "checkpoints"  #: relative to the run directory
+    load_from: Optional[str] = None  #: checkpoint file or run directory to resume from
+
+
+@dataclass
+class OfflineConfig:
+    """Top-level configuration of ``recipes/offline_cql.py`` (CORL's offline CQL defaults)."""
+
+    seed: int = 0
+    device: str = "auto"  #: auto (cuda if available) / cpu / cuda / cuda:N
+    num_updates: int = 1_000_000
+    batch_size: int = 256
+    compile: bool = False  #: torch.compile the loss forward + backward
+    resume: bool = False  #: continue from the checkpoint in checkpoint.load_from or the run dir
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+def register_configs(name: str = "offline_cql_schema", node: type = OfflineConfig) -> None:
+    """Store ``node`` in Hydra's ``ConfigStore`` so a YAML can use it as its schema
+    (``defaults: [offline_cql_schema, _self_, ...]``): overrides are type-checked and
+    unknown keys rejected, both with the full key in the message."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=name, node=node)
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message starts with the field name."""
+
+
+def _to_object(cfg: Any, schema: type) -> Any:
+    if is_dataclass(cfg) and not isinstance(cfg, type):
+        return cfg
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        msg = str(err).splitlines()[0]
+        raise ConfigError(f"{key}: {msg}" if key else msg) from err
+
+
+def validate_config(cfg: Any, schema: type = OfflineConfig, *, check_dataset: bool = True) -> Any:
+    """Type-check ``cfg`` (a ``DictConfig``/dict or a dataclass) against ``schema`` and
+    range-check its values; return the dataclass object. Raises :class:`ConfigError`
+    whose message starts with the offending field, e.g. ``loss.cql_alpha: must be >= 0``.
+
+    A recipe with more fields subclasses :class:`OfflineConfig` and adds its own checks
+    after calling this.
+    """
+    c = _to_object(cfg, schema)
+
+    def check(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            value = c
+            for part in key.split("."):
+                value = getattr(value, part)
+            raise ConfigError(f"{key}: {msg}, got {value!r}")
+
+    def positive(key: str, allow_zero: bool = False) -> None:
+        value = c
+        for part in key.split("."):
+            value = getattr(value, part)
+        ok = isinstance(value, (int, float)) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+        check(ok, key, "must be >= 0" if allow_zero else "must be > 0")
+
+    check(c.seed >= 0, "seed", "must be >= 0")
+    check(bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", c.device)), "device", "must be auto, cpu, mps, cuda or cuda:N")
+    positive("num_updates")
+    positive("batch_size")
+    # dataset
+    check(bool(c.dataset.name), "dataset.name", "must name a dataset")
+    check(math.isfinite(c.dataset.reward_scale) and c.dataset.reward_scale != 0, "dataset.reward_scale",
+          "must be finite and non-zero")
+    check(math.isfinite(c.dataset.reward_bias), "dataset.reward_bias", "must be finite")
+    if check_dataset:
+        problem = dataset_problem(c.dataset.name, c.dataset.download)
+        if problem:
+            raise ConfigError(f"dataset.name: {problem}")
+    # network
+    positive("network.hidden_dim")
+    positive("network.actor_n_hidden_layers")
+    positive("network.q_n_hidden_layers")
+    # loss
+    positive("loss.num_qvalue_nets")
+    check(0 < c.loss.gamma <= 1, "loss.gamma", "must be in (0, 1]")
+    positive("loss.num_actions")
+    positive("loss.temperature")
+    positive("loss.cql_alpha", allow_zero=True)
+    check(c.loss.clip_diff_min <= c.loss.clip_diff_max, "loss.clip_diff_min", "must be <= loss.clip_diff_max")
+    positive("loss.bc_steps", allow_zero=True)
+    positive("loss.alpha_multiplier", allow_zero=True)
+    te = c.loss.target_entropy
+    check(te == "auto" or (isinstance(te, (int, float)) and not isinstance(te, bool) and math.isfinite(te)),
+          "loss.target_entropy", "must be 'auto' or a number")
+    check(c.loss.loss_function in ("l2", "l1", "smooth_l1"), "loss.loss_function", "must be l2, l1 or smooth_l1")
+    check(math.isfinite(c.loss.target_action_gap), "loss.target_action_gap", "must be finite")
+    # optim
+    for key in ("actor_lr", "critic_lr"):
+        positive(f"optim.{key}")
+    for key in ("alpha_lr", "alpha_prime_lr"):
+        if getattr(c.optim, key) is not None:
+            positive(f"optim.{key}")
+    check(0 < c.optim.tau <= 1, "optim.tau", "must be in (0, 1]")
+    positive("optim.target_update_period")
+    # eval / logger / checkpoint
+    positive("eval.every", allow_zero=True)
+    positive("eval.n_episodes")
+    positive("eval.seed_offset", allow_zero=True)
+    if c.eval.max_episode_steps is not None:
+        positive("eval.max_episode_steps")
+    positive("logger.every")
+    check(isinstance(c.logger.backends, (list, tuple)) and all(b in LOGGER_BACKENDS for b in c.logger.backends),
+          "logger.backends", f"must be a list of {', '.join(LOGGER_BACKENDS)}")
+    check(c.logger.wandb_mode in (None, "online", "offline", "disabled"), "logger.wandb_mode",
+          "must be online, offline or disabled")
+    check(c.eval.every % c.logger.every == 0, "eval.every", f"must be a multiple of logger.every ({c.logger.every})")
+    positive("checkpoint.every", allow_zero=True)
+    check(c.checkpoint.every % c.logger.every == 0, "checkpoint.every",
+          f"must be a multiple of logger.every ({c.logger.every})")
+    return c
+
+
+def dataset_problem(name: str, download: bool = False) -> str | None:
+    """Why ``name`` cannot be a dataset (None when it plausibly is), without loading it."""
+    from cql_modules.data import D4RL_DATASETS
+
+    if name in D4RL_DATASETS or Path(name).expanduser().exists():
+        return None
+    if name.endswith((".hdf5", ".h5")):
+        return f"no such file '{name}'"
+    if re.fullmatch(r"[\w.-]+(/[\w.-]+)*-v\d+", name):
+        if "/" in name:
+            return None  # a Minari id: local, built locally, or downloaded (the loader says which)
+        from cql_modules.data.minari_source import is_local_minari
+
+        if download or is_local_minari(name):
+            return None
+    known = ", ".join(sorted(D4RL_DATASETS)[:3])
+    return (f"unknown dataset '{name}': not an existing file or directory, not a D4RL name (e.g. {known}, ...) "
+            "and not a Minari id (namespace/name-vN)")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# ----------------------------------------------------------------------------- metrics
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN/inf; ``term`` names it, ``step`` bounds the interval."""
+
+    def __init__(self, term: str, value: float, first_update: int, last_update: int):
+        self.term, self.value = term, value
+        self.first_update, self.last_update = first_update, last_update
+        super().__init__(
+            f"non-finite {term} ({value}) between updates {first_update} and {last_update}"
+        )
+
+
+class MetricAggregator:
+    """Sum the scalar metrics of a ``TensorDict`` over an interval; ``flush`` once.
+
+    ``add`` stacks the metrics into one tensor and adds it to a running sum on the device
+    (no host sync). ``flush`` moves the sums to the host in one transfer and returns the
+    means. A sum is finite iff all its summands are, so ``flush`` also detects any NaN/inf
+    of the interval; the update at which each metric first went non-finite is tracked on
+    the device too, so the error names the loss term that broke first.
+    """
+
+    def __init__(self, loss_keys: tuple[str, ...] = LOSS_KEYS) -> None:
+        self.loss_keys = tuple(loss_keys)
+        self._keys: list[str] | None = None
+        self._sum: torch.Tensor | None = None
+        self._first_bad: torch.Tensor | None = None
+        self.count = 0
+        self.start_update = 0
+
+    def reset(self, start_update: int = 0) -> None:
+        self._sum, self._first_bad, self.count = None, None, 0
+        self.start_update = start_update
+
+    def add(self, metrics: TensorDictBase | dict[str, torch.Tensor]) -> None:
+        if self._keys is None:
+            self._keys = [k for k in metrics.keys() if isinstance(k, str)]
+        vec = torch.stack([metrics[k].detach().float().mean() for k in self._keys])
+        bad = ~torch.isfinite(vec)
+        if self._sum is None:
+            self._sum = vec.clone()
+            self._first_bad = torch.where(bad, 0, -1)
+        else:
+            self._sum += vec
+            self._first_bad = torch.where(bad & (self._first_bad < 0), self.count, self._first_bad)
+        self.count += 1
+
+    def flush(self) -> dict[str, float]:
+        """Means over the interval (one host sync); raises :class:`NonFiniteLossError`."""
+        if self._sum is None or self.count == 0:
+            return {}
+        host = torch.cat([self._sum / self.count, self._first_bad.to(self._sum.dtype)]).tolist()
+        n = len(self._keys)
+        means, first_bad = dict(zip(self._keys, host[:n])), dict(zip(self._keys, host[n:]))
+        start, count = self.start_update, self.count
+        self.reset(start + count)
+        bad = [k for k in self._keys if not math.isfinite(means[k])]
+        if bad:
+            ranked = sorted(bad, key=lambda k: (k not in self.loss_keys, first_bad[k],
+                                                self._rank(k)))
+            term = ranked[0]
+            at = start + int(first_bad[term]) + 1
+            raise NonFiniteLossError(term, means[term], at, start + count)
+        return means
+
+    def _rank(self, key: str) -> int:
+        # critic first: a broken critic is the usual root cause of a broken actor loss
+        order = ("loss_qvalue", "loss_alpha_prime", "loss_actor", "loss_alpha")
+        return order.index(key) if key in order else len(order)
+
+
+# ----------------------------------------------------------------------------- RNG
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _buffer_generator(replay_buffer: Any) -> torch.Generator | None:
+    gen = getattr(replay_buffer, "_rng", None) if replay_buffer is not None else None
+    return gen if isinstance(gen, torch.Generator) else None
+
+
+def capture_rng_state(replay_buffer: Any = None) -> dict[str, Any]:
+    """Every random stream the training loop draws from, as checkpointable values.
+
+    TorchRL's ``RandomSampler`` draws batch indices with ``torch.randint(...,
+    generator=storage._rng)``, i.e. from torch's global generator unless the buffer was
+    given its own (``ReplayBuffer(generator=...)`` / ``set_rng``); both are captured.
+    """
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    gen = _buffer_generator(replay_buffer)
+    if gen is not None:
+        state["replay_buffer"] = gen.get_state()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], replay_buffer: Any = None) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    gen = _buffer_generator(replay_buffer)
+    if gen is not None and "replay_buffer" in state:
+        gen.set_state(state["replay_buffer"])
+
+
+@contextlib.contextmanager
+def preserve_rng(replay_buffer: Any = None) -> Iterator[None]:
+    """Run a block (e.g. evaluation) without moving any training random stream."""
+    state = capture_rng_state(replay_buffer)
+    try:
+        yield
+    finally:
+        restore_rng_state(state, replay_buffer)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _cpu_clone(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_clone(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_clone(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def training_state(
+    loss: torch.nn.Module,
+    update_step: Any,
+    *,
+    replay_buffer: Any = None,
+    step: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything needed to continue training exactly, as a CPU copy (safe to keep).
+
+    ``loss.state_dict()`` holds the actor, the critic ensemble, the target critics,
+    ``log_alpha`` / ``log_alpha_prime`` and the ``n_updates`` buffer; the optimizer holds
+    Adam's moments; ``update_step.n_steps`` drives the target-update period; the RNG
+    states make the following batches and policy samples identical. ``extra`` holds the
+    recipe's own values (normalizer, evaluation history, wall time, config, ...).
+    """
+    return {
+        "version": CHECKPOINT_VERSION,
+        "step": int(update_step.n_steps if step is None else step),
+        "loss": _cpu_clone(loss.state_dict()),
+        "optimizer": _cpu_clone(update_step.optimizer.state_dict()),
+        "update_step": {"n_steps": int(update_step.n_steps)},
+        "rng": _cpu_clone(capture_rng_state(replay_buffer)),
+        "extra": _cpu_clone(extra or {}),
+    }
+
+
+def load_training_state(
+    state: dict[str, Any], loss: torch.nn.Module, update_step: Any, *, replay_buffer: Any = None
+) -> dict[str, Any]:
+    """Inverse of :func:`training_state`; returns its ``extra`` dict."""
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint version {state.get('version')} != {CHECKPOINT_VERSION}")
+    loss.load_state_dict(state["loss"])
+    update_step.optimizer.load_state_dict(state["optimizer"])
+    update_step.n_steps = int(state["update_step"]["n_steps"])
+    restore_rng_state(state["rng"], replay_buffer)
+    return state.get("extra", {})
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same directory, fsync, then
+    ``os.replace``: a reader (or a resumed run) sees the old file or the new one, never a
+    half-written one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only``: plain
+    tensors, numbers, strings, lists and dicts only)."""
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def find_checkpoint(where: str | os.PathLike, name: str = "last.pt", subdir: str = "checkpoints") -> Path | None:
+    """A checkpoint file given itself, its directory, or a run directory; None if absent."""
+    where = Path(where).expanduser()
+    for candidate in (where, where / name, where / subdir / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class LastGoodState:
+    """The training state at the last logging boundary whose metrics were all finite.
+
+    ``keep(fn)`` stores ``fn()`` (a CPU copy, e.g. :func:`training_state`); when the
+    NaN guard fires the recipe writes ``state`` out, so no update of a broken interval
+    is ever checkpointed.
+    """
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] | None = None
+
+    def keep(self, make_state: Callable[[], dict[str, Any]]) -> None:
+        self.state = make_state()
+
+    @property
+    def step(self) -> int | None:
+        return None if self.state is None else int(self.state["step"])
+
+
+# ----------------------------------------------------------------------------- hot loop
+def run_updates(
+    update_step: Callable[[TensorDictBase], TensorDictBase],
+    sample: Callable[[], TensorDictBase],
+    n: int,
+    aggregator: MetricAggregator,
+    *,
+    device: torch.device | None = None,
+    on_update: Callable[[], None] | None = None,
+) -> None:
+    """``n`` updates: sample a batch, update, accumulate metrics. No host sync."""
+    for _ in range(n):
+        batch = sample()
+        if device is not None and batch.device != device:
+            batch = batch.to(device, non_blocking=True)
+        aggregator.add(update_step(batch))
+        if on_update is not None:
+            on_update()
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, JSON-friendly dict of a dataclass / DictConfig (inf kept as float)."""
+    from dataclasses import asdict
+
+    if is_dataclass(cfg) and not isinstance(cfg, type):
+        return asdict(cfg)
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def flat_fields(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"loss.cql_alpha": 10.0, ...}`` of a (nested) dataclass."""
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if is_dataclass(value):
+            out.update(flat_fields(value, key + "."))
+        else:
+            out[key] = value
+    return out
