@@ -1,6 +1,26 @@
 """cql-modules: Conservative Q-Learning (CQL, Cal-QL) as TorchRL components."""
+from cql_modules.data import (
+    DEFAULT_DATASET_ID,
+    DatasetError,
+    DatasetInfo,
+    load_dataset,
+    make_env,
+    normalized_score,
+)
 from cql_modules.loss import CQLLoss
 from cql_modules.networks import MLP, bounded_action_spec, make_actor, make_critic
 
-__all__ = ["CQLLoss", "MLP", "bounded_action_spec", "make_actor", "make_critic"]
+__all__ = [
+    "CQLLoss",
+    "MLP",
+    "bounded_action_spec",
+    "make_actor",
+    "make_critic",
+    "DEFAULT_DATASET_ID",
+    "DatasetError",
+    "DatasetInfo",
+    "load_dataset",
+    "make_env",
+    "normalized_score",
+]
 __version__ = "0.1.0"

@@ -5,17 +5,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from tensordict.nn import TensorDictModule
 
 from cql_modules.data import (
     DEFAULT_DATASET_ID,
     BehaviourSpec,
     DatasetError,
     build_default_dataset,
+    collect,
     collect_episodes,
     keys,
     load_dataset,
 )
-from cql_modules.data import collect
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "collect_dataset.py"
 
@@ -43,6 +45,16 @@ def test_collected_episodes_follow_the_dynamics():
         assert pendulum_dynamics_error(ep["observations"][:-1], ep["actions"], ep["observations"][1:]) < 1e-5
 
 
+def test_saved_torchrl_policy_as_behaviour(tmp_path):
+    torch.manual_seed(0)
+    module = TensorDictModule(torch.nn.Linear(3, 1), in_keys=["observation"], out_keys=["action"])
+    torch.save(module, tmp_path / "policy.pt")
+    (ep,) = collect_episodes("Pendulum-v1", BehaviourSpec(str(tmp_path / "policy.pt"), 1), progress=False)
+    with torch.no_grad():
+        expected = module.module(torch.as_tensor(ep["observations"][:-1])).clamp(-2, 2)
+    np.testing.assert_allclose(ep["actions"], expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_default_dataset_builds_on_first_load(minari_root, monkeypatch):
     tiny = lambda: build_default_dataset(episodes=6, reference_episodes=2, progress=False)  # noqa: E731
     monkeypatch.setitem(collect.LOCAL_BUILDERS, DEFAULT_DATASET_ID, tiny)
@@ -52,9 +64,12 @@ def test_default_dataset_builds_on_first_load(minari_root, monkeypatch):
     assert info.ref_min_score < info.episodes.return_mean < info.ref_max_score
     data = buffer[: len(buffer)]
     assert int(data[keys.TRUNCATED].sum()) == 6 and not data[keys.TERMINATED].any()
-    assert pendulum_dynamics_error(
-        data[keys.OBSERVATION].numpy(), data[keys.ACTION].numpy(), data[keys.NEXT_OBSERVATION].numpy()
-    ) < 1e-5
+    assert (
+        pendulum_dynamics_error(
+            data[keys.OBSERVATION].numpy(), data[keys.ACTION].numpy(), data[keys.NEXT_OBSERVATION].numpy()
+        )
+        < 1e-5
+    )
     with pytest.raises(DatasetError, match="already exists"):
         build_default_dataset(episodes=2, reference_episodes=1, progress=False)
 

@@ -1,9 +1,13 @@
 """D4RL-layout HDF5 files: qlearning_dataset semantics, keys, names, scores, bad files."""
 
+import dataclasses
+import json
+
 import h5py
 import numpy as np
 import pytest
 import torch
+from data_fixtures import write_d4rl
 
 from cql_modules.data import (
     D4RL_DATASETS,
@@ -11,9 +15,9 @@ from cql_modules.data import (
     DatasetNotFoundError,
     keys,
     load_dataset,
+    make_env,
     normalized_score,
 )
-from data_fixtures import write_d4rl
 
 GAMMA = 0.5
 
@@ -161,3 +165,56 @@ def test_sampled_rows_match_storage(tmp_path, storage):
     assert len(set(batch["index"].tolist())) < 64  # uniform with replacement over 7 rows
     if storage == "memmap":
         assert any((tmp_path / "mm").rglob("*.memmap"))
+
+
+def test_d4rl_env_and_download(tmp_path, monkeypatch):
+    """download=True fetches the table's URL into the cache; the v5 env matches the data."""
+    (tmp_path / "remote").mkdir()
+    source = tmp_path / "remote" / "halfcheetah_medium-v2.hdf5"
+    n = 20
+    with h5py.File(source, "w") as f:
+        f["observations"] = np.random.default_rng(0).normal(size=(n, 17)).astype(np.float32)
+        f["actions"] = np.zeros((n, 6), np.float32)
+        f["rewards"] = np.ones(n, np.float32)
+        f["terminals"] = np.zeros(n, bool)
+        f["timeouts"] = np.arange(n) % 10 == 9
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(cache))
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes MUJOCO_LOG.TXT (deprecation warnings) to the cwd
+    entry = D4RL_DATASETS["halfcheetah-medium-v2"]
+    monkeypatch.setitem(D4RL_DATASETS, "halfcheetah-medium-v2", dataclasses.replace(entry, url=source.as_uri()))
+    buffer, info = load_dataset("halfcheetah-medium-v2", download=True)
+    assert (cache / "halfcheetah_medium-v2.hdf5").is_file() and info.num_transitions == 18
+    json.dumps(info.to_dict())
+    env = make_env(info, seed=0)  # HalfCheetah-v5: float64 observations -> float32, normalized
+    td = env.rollout(3)
+    assert td[keys.OBSERVATION].dtype == torch.float32 and td[keys.OBSERVATION].shape == (3, 17)
+    raw = make_env(info, normalizer=None, seed=0).reset()[keys.OBSERVATION]
+    torch.testing.assert_close(td[keys.OBSERVATION][0], info.normalizer.normalize(raw))
+
+
+def test_minari_download_failure_is_clear(tmp_path, monkeypatch):
+    import minari
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+
+    def offline(dataset_id):
+        raise ConnectionError("network unreachable")
+
+    monkeypatch.setattr(minari, "download_dataset", offline)
+    with pytest.raises(DatasetNotFoundError, match="could not download Minari dataset 'mujoco/hopper/medium-v0'"):
+        load_dataset("mujoco/hopper/medium-v0", download=True)
+
+
+def test_dataset_problem_without_loading(tmp_path, monkeypatch):
+    from cql_modules.data import DEFAULT_DATASET_ID, dataset_problem
+
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    assert "pass download=True" in dataset_problem("hopper-medium-v2")
+    assert dataset_problem("hopper-medium-v2", download=True) is None
+    assert dataset_problem(DEFAULT_DATASET_ID) is None  # built locally on first load
+    assert "not found under" in dataset_problem("mujoco/hopper/medium-v0")
+    assert "unknown dataset" in dataset_problem("no such thing")
+    write_d4rl(tmp_path / "toy.hdf5")
+    assert dataset_problem(str(tmp_path / "toy.hdf5")) is None

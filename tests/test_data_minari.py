@@ -4,6 +4,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from data_fixtures import DICT_OBS_SPACE, pendulum_episode, write_minari
 
 from cql_modules.data import (
     DatasetError,
@@ -15,7 +16,6 @@ from cql_modules.data import (
     normalized_score,
     return_to_go,
 )
-from data_fixtures import DICT_OBS_SPACE, pendulum_episode, write_minari
 
 GAMMA = 0.5
 REWARDS = ([1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0], [-1.0, -1.0])
@@ -145,7 +145,9 @@ def test_dict_observations_are_flattened(minari_root):
 
 
 def test_missing_minari_dataset(minari_root):
-    with pytest.raises(DatasetNotFoundError, match=r"'mujoco/hopper/medium-v0' not found under .*minari.*download=True"):
+    with pytest.raises(
+        DatasetNotFoundError, match=r"'mujoco/hopper/medium-v0' not found under .*minari.*download=True"
+    ):
         load_dataset("mujoco/hopper/medium-v0")
 
 

@@ -1,9 +1,11 @@
 """Offline data layer: dataset sources -> validated, transformed transitions -> replay buffer.
 
->>> buffer, info = load_dataset(DEFAULT_DATASET_ID)      # built locally on first use
->>> batch = buffer.sample()                              # TensorDict [256], keys in .keys
->>> env = make_env(info, seed=0)                         # same state normalization
->>> normalized_score(info, returns)                      # 100 * (r - ref_min) / (ref_max - ref_min)
+Usage::
+
+    buffer, info = load_dataset(DEFAULT_DATASET_ID)  # built locally on first use
+    batch = buffer.sample()                          # TensorDict [256], keys in cql_modules.data.keys
+    env = make_env(info, seed=0)                     # evaluation env with the same state normalization
+    normalized_score(info, returns)                  # 100 * (r - ref_min) / (ref_max - ref_min)
 """
 
 from . import keys
@@ -20,7 +22,7 @@ from .d4rl import D4RL_DATASETS, d4rl_cache_dir, read_d4rl_hdf5
 from .envs import make_env
 from .errors import DatasetError, DatasetNotFoundError
 from .info import DatasetInfo
-from .loading import load_dataset, make_replay_buffer
+from .loading import dataset_problem, load_dataset, locate_dataset, make_replay_buffer
 from .scores import normalized_score, reference_scores
 from .transforms import RewardModification, StateNormalizer
 from .transitions import EpisodeStats, Transitions, return_to_go
@@ -42,10 +44,12 @@ __all__ = [
     "build_minari_dataset",
     "collect_episodes",
     "d4rl_cache_dir",
+    "dataset_problem",
     "ensure_default_dataset",
     "keys",
     "load_dataset",
     "load_policy",
+    "locate_dataset",
     "make_env",
     "make_replay_buffer",
     "normalized_score",

@@ -8,13 +8,15 @@ by this code on first use (``load_dataset(DEFAULT_DATASET_ID)`` or
 * environment: gymnasium ``Pendulum-v1`` (3-d observation, 1-d torque in [-2, 2], 200-step
   episodes that always end by time-out);
 * reference "expert" (``ref_max_score``): the scripted energy-pumping swing-up + PD
-  stabilizer :func:`~cql_modules.data.behaviour.pendulum_swing_up`, about -143 mean return;
-  ``ref_min_score``: the uniform random policy, about -1200; both measured over 50 episodes
-  and stored in the dataset metadata;
-* behaviour (400 episodes, 80k transitions, medium-replay-like mixture): 30% uniform random
-  episodes, 35% expert with Gaussian action noise of std 1.0 x the action half-range, 35%
-  expert with noise 0.3 and 50% epsilon-random actions. Its normalized score is about 40,
-  well below the expert, so offline RL has something to gain.
+  stabilizer :func:`~cql_modules.data.behaviour.pendulum_swing_up`, mean return -147.6;
+  ``ref_min_score``: the uniform random policy, mean return -1205.3; both measured over 50
+  episodes at build time and stored in the dataset metadata;
+* behaviour (400 episodes, 80k transitions, a medium-replay-like mixture): 120 uniform
+  random episodes, 140 expert episodes with Gaussian action noise of std 1.0 x the action
+  half-range, 140 expert episodes with noise 0.3 and 50% epsilon-random actions. Mean
+  return -780.3, normalized score 40.2: well below the expert, so offline RL has something
+  to gain;
+* build time about 7 s on a 2-core CPU (seed 0; the numbers above are from that build).
 
 Collection runs 16 environments in a gymnasium ``SyncVectorEnv`` (same-step autoreset)
 wrapped by TorchRL's ``GymWrapper``; only complete episodes are kept.
@@ -26,6 +28,7 @@ import contextlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -98,8 +101,8 @@ def collect_episodes(
     progress: bool = True,
 ) -> list[dict[str, np.ndarray]]:
     """Run one behaviour policy through a TorchRL ``Collector`` until ``behaviour.episodes``
-    episodes are complete; return them as Minari-style dicts (``observations`` has one more
-    row than ``actions``, the final observation)."""
+    episodes are complete; return the first ones to finish as Minari-style dicts
+    (``observations`` has one more row than ``actions``: the final observation)."""
     from torchrl.collectors import Collector
     from tqdm.auto import tqdm
 
@@ -114,15 +117,17 @@ def collect_episodes(
     )
     batches, done_count = [], 0
     name = behaviour.policy if isinstance(behaviour.policy, str) else "policy"
-    with tqdm(total=behaviour.episodes, desc=f"collect {env_id} {name}", disable=not progress) as bar:
-        for batch in collector:
-            batches.append(batch.exclude("collector"))
-            new = int(batch[keys.DONE].sum())
-            bar.update(min(new, behaviour.episodes - done_count))
-            done_count += new
-            if done_count >= behaviour.episodes:
-                break
-    collector.shutdown()
+    try:
+        with tqdm(total=behaviour.episodes, desc=f"collect {env_id} {name}", disable=not progress) as bar:
+            for batch in collector:
+                batches.append(batch.exclude("collector"))
+                new = int(batch[keys.DONE].sum())
+                bar.update(min(new, behaviour.episodes - done_count))
+                done_count += new
+                if done_count >= behaviour.episodes:
+                    break
+    finally:
+        collector.shutdown()
     data = torch.cat(batches, dim=1)  # [n_envs, time]
     return _split_episodes(data)[: behaviour.episodes]
 
@@ -217,8 +222,11 @@ def build_minari_dataset(
                 env=env_id,
                 eval_env=env_id,
                 algorithm_name="cql-modules behaviour mixture: "
-                + ", ".join(f"{s.episodes}x{s.policy if isinstance(s.policy, str) else 'policy'}"
-                            f"(noise={s.noise_std},eps={s.epsilon})" for s in behaviour),  # fmt: skip
+                + ", ".join(
+                    f"{s.episodes}x{s.policy if isinstance(s.policy, str) else 'policy'}"
+                    f"(noise={s.noise_std},eps={s.epsilon})"
+                    for s in behaviour
+                ),  # fmt: skip
                 author="cql-modules",
                 author_email="n/a",
                 code_permalink="cql_modules/data/collect.py",
@@ -280,6 +288,8 @@ def build_default_dataset(
 def ensure_default_dataset(progress: bool = True) -> str:
     """Build :data:`DEFAULT_DATASET_ID` if it is not in minari's root yet; return its id."""
     if not is_local_minari(DEFAULT_DATASET_ID):
+        if progress:
+            print(f"building {DEFAULT_DATASET_ID} under {minari_root()} (first use, about 10 s)", file=sys.stderr)
         build_default_dataset(progress=progress)
     return DEFAULT_DATASET_ID
 

@@ -126,7 +126,7 @@ def read_d4rl_hdf5(path: str | os.PathLike) -> Transitions:
     """Read a D4RL-layout HDF5 file into :class:`Transitions` (``qlearning_dataset`` semantics)."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetNotFoundError(f"HDF5 file not found: {path}")
+        raise DatasetNotFoundError(f"HDF5 file not found: {path} (check the path, or give a D4RL name)")
     try:
         with h5py.File(path, "r") as f:
             missing = [k for k in _REQUIRED if k not in f]
@@ -169,4 +169,6 @@ def read_d4rl_hdf5(path: str | os.PathLike) -> Transitions:
     kept_ends = np.append(ep_kept[1:] != ep_kept[:-1], True)
     kept_terminals = terminals[keep]
     kept_timeouts = kept_ends & ep_timeout[ep_kept] & ~kept_terminals
-    return Transitions(obs[keep], actions[keep], rewards[keep], next_obs[keep], kept_terminals, kept_timeouts, kept_ends)
+    return Transitions(
+        obs[keep], actions[keep], rewards[keep], next_obs[keep], kept_terminals, kept_timeouts, kept_ends
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -48,6 +48,29 @@ class DatasetInfo:
     sparse_reward: bool = False
     flatten_observation: bool = False
     env_spec: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (for logs and checkpoints); spaces as shapes and bounds."""
+
+        def box(space: gym.spaces.Box) -> dict[str, Any]:
+            return {"shape": list(space.shape), "low": space.low.tolist(), "high": space.high.tolist()}
+
+        return {
+            "name": self.name,
+            "source": self.source,
+            "env_id": self.env_id,
+            "observation_space": box(self.observation_space),
+            "action_space": box(self.action_space),
+            "num_transitions": self.num_transitions,
+            "episodes": asdict(self.episodes),
+            "ref_min_score": self.ref_min_score,
+            "ref_max_score": self.ref_max_score,
+            "behaviour_score": self.behaviour_score,
+            "normalizer": self.normalizer.to_dict() if self.normalizer is not None else None,
+            "reward_modification": self.reward_modification.to_dict(),
+            "gamma": self.gamma,
+            "sparse_reward": self.sparse_reward,
+        }
 
     @property
     def behaviour_score(self) -> float | None:

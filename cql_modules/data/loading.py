@@ -143,14 +143,34 @@ def make_replay_buffer(
     """A uniform-sampling (with replacement) buffer filled with ``data`` in one ``extend``."""
     size = max(capacity or 0, data.shape[0])
     if storage == "memory":
-        store = LazyTensorStorage(size, device=device)
+        store = _MemoryStorage(size, device=device)
     elif storage == "memmap":
-        store = LazyMemmapStorage(size, scratch_dir=None if scratch_dir is None else str(scratch_dir))
+        store = _MemmapStorage(size, scratch_dir=None if scratch_dir is None else str(scratch_dir))
     else:
         raise ValueError(f"storage must be 'memory' or 'memmap', got {storage!r}")
     buffer = TensorDictReplayBuffer(storage=store, sampler=RandomSampler(), batch_size=batch_size, prefetch=prefetch)
     buffer.extend(data)
     return buffer
+
+
+class _IndexSelectGet:
+    """Gather sampled rows with ``index_select``. Advanced indexing ``x[idx]`` of a large CPU
+    tensor is parallelized badly (measured: 1.7 ms per key for 256 rows of 2M with 2 threads,
+    3 us with ``index_select``), which made ``sample()`` take ~13 ms on a 2M dataset."""
+
+    def get(self, index):
+        if isinstance(index, torch.Tensor) and index.ndim == 1 and index.dtype != torch.bool and self.initialized:
+            index = index.to(self._storage.device)
+            return self._storage.apply(lambda x: x.index_select(0, index), batch_size=index.shape)
+        return super().get(index)
+
+
+class _MemoryStorage(_IndexSelectGet, LazyTensorStorage):
+    pass
+
+
+class _MemmapStorage(_IndexSelectGet, LazyMemmapStorage):
+    pass
 
 
 @dataclasses.dataclass
@@ -167,28 +187,63 @@ class _Source:
     flatten_observation: bool = False
 
 
-def _read_source(name: str, download: bool) -> _Source:
+def locate_dataset(name: str, download: bool = False) -> tuple[str, str]:
+    """Which source ``name`` selects (module doc), without reading, downloading or building.
+
+    Returns ``(kind, target)``: ``("minari_dir", path)``, ``("hdf5", path)``, ``("d4rl", name)``
+    or ``("minari", id)``. Raises :class:`DatasetNotFoundError` (what, where, how to get it)
+    when the dataset is neither available nor obtainable with the given ``download``.
+    """
+    from .collect import LOCAL_BUILDERS
+
     path = Path(name).expanduser()
     if (path / "data" / "metadata.json").is_file() or (path / "metadata.json").is_file():
-        from minari import MinariDataset
-
-        data_dir = path / "data" if (path / "data").is_dir() else path
-        return _from_minari(read_minari(MinariDataset(data_dir)), name)
+        return "minari_dir", str(path)
     if path.is_file() or path.suffix in (".hdf5", ".h5"):
-        by_file = {entry.filename: n for n, entry in D4RL_DATASETS.items()}
-        return _from_d4rl(path, by_file.get(path.name))
+        if not path.is_file():
+            raise DatasetNotFoundError(f"HDF5 file not found: {path} (check the path, or give a D4RL name)")
+        return "hdf5", str(path)
     if name in D4RL_DATASETS:
-        return _from_d4rl(resolve_d4rl_name(name, download), name)
+        if not download:
+            resolve_d4rl_name(name)  # raises when not cached
+        return "d4rl", name
     if not _MINARI_ID.match(name):
         raise DatasetNotFoundError(
             f"unknown dataset '{name}': not an existing file or directory, not a known D4RL name "
             f"(e.g. halfcheetah-medium-v2, antmaze-umaze-v2) and not a Minari id (namespace/name-vN)"
         )
-    if "/" not in name and not download and not is_local_minari(name):
+    if download or is_local_minari(name) or name in LOCAL_BUILDERS:
+        return "minari", name
+    if "/" not in name:
         raise DatasetNotFoundError(
             f"unknown dataset '{name}': not a file, not a known D4RL name (e.g. halfcheetah-medium-v2) and "
             f"no local Minari dataset of that id under {minari_root()}; pass download=True to ask the Minari server"
         )
+    open_minari(name)  # raises the Minari not-found message
+    return "minari", name
+
+
+def dataset_problem(name: str, download: bool = False) -> str | None:
+    """Why :func:`load_dataset` would not find ``name`` (one line), or None; loads nothing."""
+    try:
+        locate_dataset(name, download)
+    except DatasetNotFoundError as err:
+        return str(err)
+    return None
+
+
+def _read_source(name: str, download: bool) -> _Source:
+    kind, target = locate_dataset(name, download)
+    if kind == "minari_dir":
+        from minari import MinariDataset
+
+        path = Path(target)
+        return _from_minari(read_minari(MinariDataset(path / "data" if (path / "data").is_dir() else path)), name)
+    if kind == "hdf5":
+        by_file = {entry.filename: n for n, entry in D4RL_DATASETS.items()}
+        return _from_d4rl(Path(target), by_file.get(Path(target).name))
+    if kind == "d4rl":
+        return _from_d4rl(resolve_d4rl_name(name, download), name)
     from .collect import LOCAL_BUILDERS
 
     if name in LOCAL_BUILDERS and not is_local_minari(name):
