@@ -2,7 +2,7 @@
 
 Every episode runs to its own end (termination or the env's time limit): episodes are
 played one after the other, so no episode is cut when another one ends. Episode ``i`` of
-an evaluation starts from ``env.set_seed(seed + i)``: every evaluation of a run sees the
+an evaluation starts from ``env.reset(seed=seed + i)``: every evaluation of a run sees the
 same start states (less noisy learning curves), and evaluating never draws from the
 training random streams (wrap the call in :func:`cql_modules.training.preserve_rng` to
 also protect torch's global generator from the policy / transforms).
@@ -77,6 +77,10 @@ class EvalResult:
         return float(np.std(self.returns))
 
     @property
+    def normalized_mean(self) -> float | None:
+        return float(np.mean(self.normalized)) if self.normalized is not None else None
+
+    @property
     def score(self) -> float:
         """Mean normalized score if known, else mean return (the number a run reports)."""
         return float(np.mean(self.normalized)) if self.normalized is not None else self.return_mean
@@ -108,6 +112,16 @@ def episode_limit(env) -> int | None:
     return getattr(spec, "max_episode_steps", None)
 
 
+def _reset(env, seed: int) -> TensorDictBase:
+    """``reset(seed=seed)`` (gymnasium's seeded reset, through TorchRL's wrapper); envs
+    whose reset takes no seed are seeded with ``set_seed`` first."""
+    try:
+        return env.reset(seed=seed)
+    except TypeError:
+        env.set_seed(seed)
+        return env.reset()
+
+
 @torch.no_grad()
 def evaluate(
     env,
@@ -126,7 +140,7 @@ def evaluate(
             normalization as the training data.
         policy: the actor (a TensorDict module writing ``action``).
         n_episodes: episodes to play, each to its own end.
-        seed: episode ``i`` starts from ``env.set_seed(seed + i)``.
+        seed: episode ``i`` starts from ``env.reset(seed=seed + i)``.
         max_steps: cap per episode; None = the env's time limit (or a safety cap).
         ref_scores: ``(ref_min, ref_max)`` for normalized scores.
     """
@@ -143,8 +157,8 @@ def evaluate(
     try:
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             for i in range(n_episodes):
-                env.set_seed(seed + i)
-                traj = env.rollout(limit, policy, auto_reset=True, break_when_any_done=True)
+                traj = env.rollout(limit, policy, auto_reset=False, tensordict=_reset(env, seed + i),
+                                   break_when_any_done=True)
                 returns.append(float(traj["next", "reward"].sum()))
                 lengths.append(int(traj.shape[-1]))
     finally:

@@ -18,7 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["RunLogger", "read_metrics", "write_json", "plot_learning_curve"]
+from cql_modules.training import replace_file
+
+__all__ = ["RunLogger", "read_metrics", "write_json", "plot_learning_curve", "record_failure"]
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -53,7 +55,7 @@ def write_json(data: dict[str, Any], path: str | os.PathLike) -> Path:
         with os.fdopen(fd, "w") as f:
             json.dump(_clean(data), f, indent=2, default=_json_default)
             f.write("\n")
-        os.replace(tmp, path)
+        replace_file(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -98,7 +100,7 @@ def plot_learning_curve(
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     if points:
         steps, values = zip(*points)
-        ax.plot(steps, values, marker="o", markersize=3, label="CQL (deterministic policy)")
+        ax.plot(steps, values, marker="o", markersize=3, label="CQL, deterministic policy (mean ± std over episodes)")
         std_key = "eval/normalized_score_std" if key == metric else "eval/return_std"
         stds = [r.get(std_key) for r in records if key in r and isinstance(r.get(key), (int, float))]
         if all(isinstance(s, (int, float)) for s in stds):
@@ -122,8 +124,24 @@ def plot_learning_curve(
     os.close(fd)
     fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
+    replace_file(tmp, path)
     return path
+
+
+def record_failure(run_dir: str | os.PathLike, error: BaseException | str, config: Any = None) -> None:
+    """Give a run that failed before finishing its run files anyway: ``summary.json``
+    (status ``failed`` and the error), ``metrics.jsonl`` (what was logged, maybe nothing)
+    and the learning curve of what was logged."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / METRICS_FILE).touch()
+    if config is not None and not isinstance(config, dict):
+        from omegaconf import OmegaConf
+
+        config = OmegaConf.to_container(config, resolve=False)
+    message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    write_json({"status": "failed", "message": message, "config": config}, run_dir / SUMMARY_FILE)
+    plot_learning_curve(read_metrics(run_dir / METRICS_FILE), run_dir / CURVE_FILE, title="failed run")
 
 
 class RunLogger:
@@ -137,7 +155,8 @@ class RunLogger:
         project, group: W&B project / group.
         wandb_mode: ``"offline"`` / ``"online"`` / ``"disabled"``; None: ``$WANDB_MODE``,
             else offline.
-        wandb_id: resume this W&B run (from :meth:`state_dict`).
+        resume_state: :meth:`state_dict` of the logger of the run being resumed (its W&B
+            run id: the resumed run logs to the same W&B run).
     """
 
     def __init__(
@@ -150,13 +169,14 @@ class RunLogger:
         project: str = "cql-modules",
         group: str | None = None,
         wandb_mode: str | None = None,
-        wandb_id: str | None = None,
+        resume_state: dict[str, Any] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / METRICS_FILE
         self.exp_name = exp_name
         self.loggers: dict[str, Any] = {}
+        wandb_id = (resume_state or {}).get("wandb_id")
         for backend in dict.fromkeys(backends):
             self.loggers[backend] = self._make(backend, config, project, group, wandb_mode, wandb_id)
         self._jsonl = open(self.metrics_path, "a")
@@ -207,10 +227,17 @@ class RunLogger:
         self._jsonl.flush()
         return read_metrics(self.metrics_path)
 
-    def rewind(self, step: int) -> None:
-        """Forget what was logged after ``step`` (resume from a checkpoint at ``step``)."""
+    def rewind(self, step: int, source_dir: str | os.PathLike | None = None) -> None:
+        """Forget what was logged after ``step`` (resume from a checkpoint at ``step``).
+
+        ``source_dir``: run directory of the checkpoint; when it is another directory, its
+        ``metrics.jsonl`` up to ``step`` becomes this run's history.
+        """
         self._jsonl.close()
-        kept = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) <= step]
+        source = self.metrics_path
+        if source_dir is not None and Path(source_dir).resolve() != self.run_dir.resolve():
+            source = Path(source_dir) / METRICS_FILE
+        kept = [r for r in read_metrics(source) if r.get("step", 0) <= step]
         tmp = self.metrics_path.with_suffix(".jsonl.tmp")
         with open(tmp, "w") as f:
             for r in kept:

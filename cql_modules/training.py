@@ -28,7 +28,7 @@ import os
 import random
 import re
 import tempfile
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -51,6 +51,7 @@ __all__ = [
     "register_configs",
     "validate_config",
     "resolve_device",
+    "setup_run",
     "MetricAggregator",
     "NonFiniteLossError",
     "capture_rng_state",
@@ -60,13 +61,18 @@ __all__ = [
     "training_state",
     "load_training_state",
     "save_checkpoint",
+    "replace_file",
     "load_checkpoint",
     "find_checkpoint",
     "LastGoodState",
     "run_updates",
     "config_to_dict",
-    "flat_fields",
     "dataset_problem",
+    "data_fingerprint",
+    "check_same_data",
+    "make_summary",
+    "run_name",
+    "fmt",
     "CHECKPOINT_VERSION",
 ]
 
@@ -121,6 +127,7 @@ class LossConfig:
     target_entropy: Any = "auto"  #: "auto" (= -|A|) or a number
     calibrated: bool = False
     loss_function: str = "l2"
+    critic_compute_dtype: Optional[str] = None  #: e.g. "bfloat16" for the critics' hidden layers
 
 
 @dataclass
@@ -174,6 +181,7 @@ class OfflineConfig:
     num_updates: int = 1_000_000
     batch_size: int = 256
     compile: bool = False  #: torch.compile the loss forward + backward
+    num_threads: Optional[int] = None  #: torch CPU threads (None: torch's default)
     resume: bool = False  #: continue from the checkpoint in checkpoint.load_from or the run dir
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -240,6 +248,8 @@ def validate_config(cfg: Any, schema: type = OfflineConfig, *, check_dataset: bo
     check(bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", c.device)), "device", "must be auto, cpu, mps, cuda or cuda:N")
     positive("num_updates")
     positive("batch_size")
+    if c.num_threads is not None:
+        positive("num_threads")
     # dataset
     check(bool(c.dataset.name), "dataset.name", "must name a dataset")
     check(math.isfinite(c.dataset.reward_scale) and c.dataset.reward_scale != 0, "dataset.reward_scale",
@@ -267,6 +277,8 @@ def validate_config(cfg: Any, schema: type = OfflineConfig, *, check_dataset: bo
           "loss.target_entropy", "must be 'auto' or a number")
     check(c.loss.loss_function in ("l2", "l1", "smooth_l1"), "loss.loss_function", "must be l2, l1 or smooth_l1")
     check(math.isfinite(c.loss.target_action_gap), "loss.target_action_gap", "must be finite")
+    check(c.loss.critic_compute_dtype in (None, "bfloat16", "float16", "float32"), "loss.critic_compute_dtype",
+          "must be null, bfloat16, float16 or float32")
     # optim
     for key in ("actor_lr", "critic_lr"):
         positive(f"optim.{key}")
@@ -311,6 +323,14 @@ def dataset_problem(name: str, download: bool = False) -> str | None:
     known = ", ".join(sorted(D4RL_DATASETS)[:3])
     return (f"unknown dataset '{name}': not an existing file or directory, not a D4RL name (e.g. {known}, ...) "
             "and not a Minari id (namespace/name-vN)")
+
+
+def setup_run(cfg: Any) -> torch.device:
+    """Seed every generator with ``cfg.seed``, apply ``cfg.num_threads``, return the device."""
+    if getattr(cfg, "num_threads", None):
+        torch.set_num_threads(cfg.num_threads)
+    seed_everything(cfg.seed)
+    return resolve_device(cfg.device)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -498,6 +518,15 @@ def load_training_state(
     return state.get("extra", {})
 
 
+def replace_file(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """``os.replace`` a finished temporary file onto ``path`` with ordinary permissions
+    (``mkstemp`` creates files readable by their owner only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same directory, fsync, then
     ``os.replace``: a reader (or a resumed run) sees the old file or the new one, never a
@@ -510,7 +539,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_file(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -583,14 +612,83 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def flat_fields(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"loss.cql_alpha": 10.0, ...}`` of a (nested) dataclass."""
-    out: dict[str, Any] = {}
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        key = f"{prefix}{f.name}"
-        if is_dataclass(value):
-            out.update(flat_fields(value, key + "."))
-        else:
-            out[key] = value
-    return out
+# ----------------------------------------------------------------------------- run records
+def data_fingerprint(info: Any) -> dict[str, Any]:
+    """What a checkpoint must agree on with the data it resumes on (a ``DatasetInfo``)."""
+    normalizer = getattr(info, "normalizer", None)
+    modification = getattr(info, "reward_modification", None)
+    return {
+        "name": str(info.name),
+        "num_transitions": int(info.num_transitions),
+        "normalizer": None if normalizer is None else normalizer.state_dict(),
+        "reward_modification": None if modification is None else modification.to_dict(),
+    }
+
+
+def check_same_data(saved: dict[str, Any], info: Any) -> None:
+    """Raise if the dataset (its size, normalizer or reward modification) changed since
+    the checkpoint was written: the saved networks would see differently scaled inputs."""
+    now = data_fingerprint(info)
+    problems = []
+    if saved["num_transitions"] != now["num_transitions"]:
+        problems.append(f"{saved['num_transitions']} transitions then, {now['num_transitions']} now")
+    a, b = saved["normalizer"], now["normalizer"]
+    if (a is None) != (b is None) or (a is not None and not all(torch.allclose(a[k], b[k]) for k in ("loc", "scale"))):
+        problems.append("the state normalizer differs")
+    if saved["reward_modification"] != now["reward_modification"]:
+        problems.append(f"reward modification {saved['reward_modification']} then, {now['reward_modification']} now")
+    if problems:
+        raise ValueError(f"cannot resume: dataset '{now['name']}' changed since the checkpoint: " + "; ".join(problems))
+
+
+def run_name(cfg: Any) -> str:
+    """``logger.name``, else ``cql-<dataset>-seed<seed>`` (a file name's stem; ``/`` -> ``-``)."""
+    if cfg.logger.name:
+        return cfg.logger.name
+    name = cfg.dataset.name
+    if Path(name).expanduser().exists():
+        name = Path(name).stem
+    return "cql-" + re.sub(r"[^\w.-]+", "-", name).strip("-") + f"-seed{cfg.seed}"
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def make_summary(
+    cfg: Any,
+    info: Any,
+    history: dict[str, Any],
+    *,
+    updates: int,
+    status: str = "completed",
+    message: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    run_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """The ``summary.json`` of a run: final/best scores, speed, wall time, config."""
+    evals = history.get("evals", [])
+    scores = [e["normalized_score"] for e in evals if e.get("normalized_score") is not None]
+    returns = [e["return_mean"] for e in evals]
+    train_time = float(history.get("train_time", 0.0))
+    episodes = getattr(info, "episodes", None)
+    return {
+        "status": status,
+        "message": message,
+        "dataset": str(info.name),
+        "seed": cfg.seed,
+        "updates": int(updates),
+        "final_normalized_score": scores[-1] if scores else None,
+        "best_normalized_score": max(scores) if scores else None,
+        "final_return": returns[-1] if returns else None,
+        "best_return": max(returns) if returns else None,
+        "behaviour_normalized_score": getattr(info, "behaviour_score", None),
+        "behaviour_return": getattr(episodes, "return_mean", None),
+        "updates_per_s": updates / train_time if train_time > 0 else None,
+        "train_time_s": train_time,
+        "wall_time_s": float(history.get("wall_time", 0.0)),
+        "evaluations": evals,
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+        "run_dir": None if run_dir is None else str(run_dir),
+        "config": config_to_dict(cfg),
+    }

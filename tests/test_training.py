@@ -1,0 +1,231 @@
+"""Loop pieces of cql_modules.training: config validation, metric aggregation and the
+NaN/inf guard, RNG capture/restore, atomic checkpoints and exact resume."""
+from __future__ import annotations
+
+import math
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.data import LazyTensorStorage, RandomSampler, TensorDictReplayBuffer
+
+from cql_modules import CQLLoss, bounded_action_spec, make_actor, make_critic
+from cql_modules import training as T
+from cql_modules.update import UpdateStep, make_optimizer
+
+
+# ----------------------------------------------------------------------------- helpers
+def make_buffer(n: int = 64, batch_size: int = 8, generator: torch.Generator | None = None, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    data = TensorDict(
+        {
+            "observation": torch.randn(n, 3, generator=g),
+            "action": torch.rand(n, 2, generator=g) * 2 - 1,
+            "next": {
+                "observation": torch.randn(n, 3, generator=g),
+                "reward": torch.randn(n, 1, generator=g),
+                "done": torch.zeros(n, 1, dtype=torch.bool),
+                "terminated": torch.rand(n, 1, generator=g) < 0.1,
+            },
+        },
+        [n],
+    )
+    rb = TensorDictReplayBuffer(storage=LazyTensorStorage(n), sampler=RandomSampler(), batch_size=batch_size,
+                                generator=generator)
+    rb.extend(data)
+    return rb
+
+
+def make_agent(seed: int = 0, lagrange: bool = True):
+    torch.manual_seed(seed)
+    spec = bounded_action_spec(2)
+    loss = CQLLoss(make_actor(3, spec, hidden_dim=8, n_hidden_layers=1), make_critic(3, 2, hidden_dim=8, n_hidden_layers=1),
+                   num_actions=2, lagrange=lagrange, target_action_gap=1.0, bc_steps=2)
+    update = UpdateStep(loss, make_optimizer(loss, actor_lr=1e-3, critic_lr=1e-3), target_update_period=2)
+    return loss, update
+
+
+def run(update, rb, n):
+    agg = T.MetricAggregator()
+    T.run_updates(update, rb.sample, n, agg)
+    return agg.flush()
+
+
+def assert_same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+# ----------------------------------------------------------------------------- config
+def test_default_config_is_valid():
+    c = T.validate_config(T.OfflineConfig(), check_dataset=False)
+    assert c.loss.cql_alpha == 10.0 and c.optim.actor_lr == 3e-5 and c.batch_size == 256
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ({"batch_size": -1}, "batch_size"),
+        ({"num_updates": 0}, "num_updates"),
+        ({"loss": {"cql_alpha": -1.0}}, "loss.cql_alpha"),
+        ({"loss": {"gamma": 1.5}}, "loss.gamma"),
+        ({"loss": {"loss_function": "huber"}}, "loss.loss_function"),
+        ({"loss": {"target_entropy": "high"}}, "loss.target_entropy"),
+        ({"optim": {"critic_lr": 0.0}}, "optim.critic_lr"),
+        ({"optim": {"tau": 2.0}}, "optim.tau"),
+        ({"network": {"hidden_dim": 0}}, "network.hidden_dim"),
+        ({"eval": {"every": 1500}}, "eval.every"),
+        ({"eval": {"n_episodes": 0}}, "eval.n_episodes"),
+        ({"logger": {"backends": ["mlflow"]}}, "logger.backends"),
+        ({"device": "tpu"}, "device"),
+        ({"dataset": {"name": "no-such-dataset"}}, "dataset.name"),
+        ({"dataset": {"name": "/no/such/file.hdf5"}}, "dataset.name"),
+        ({"batch_size": "many"}, "batch_size"),  # type error, from the structured schema
+        ({"loss": {"cql_alpah": 1.0}}, "cql_alpah"),  # unknown key
+    ],
+)
+def test_invalid_config_names_the_field(override, field):
+    with pytest.raises(T.ConfigError) as err:
+        T.validate_config(override)
+    assert field in str(err.value)
+
+
+def test_known_datasets_pass_the_name_check():
+    assert T.dataset_problem("hopper-medium-v2") is None
+    assert T.dataset_problem("mujoco/hopper/medium-v0") is None
+    assert T.dataset_problem("cql-modules/pendulum/mixed-v0") is None
+    assert "unknown dataset" in T.dataset_problem("hopper-mediun-v2")
+
+
+# ----------------------------------------------------------------------------- metrics
+def test_aggregator_means_one_interval():
+    agg = T.MetricAggregator()
+    agg.reset(10)
+    for v in (1.0, 2.0, 6.0):
+        agg.add(TensorDict({"loss_qvalue": torch.tensor(v), "alpha": torch.tensor(2 * v)}, []))
+    assert agg.flush() == {"loss_qvalue": 3.0, "alpha": 6.0}
+    assert agg.start_update == 13 and agg.flush() == {}
+
+
+def test_aggregator_names_the_first_non_finite_loss_term():
+    agg = T.MetricAggregator()
+    agg.reset(100)
+    for i in range(6):
+        q = float("nan") if i >= 2 else 1.0  # critic breaks at update 103 ...
+        a = float("inf") if i >= 4 else 1.0  # ... the actor two updates later
+        agg.add({"loss_actor": torch.tensor(a), "loss_qvalue": torch.tensor(q), "average_qf1": torch.tensor(q)})
+    with pytest.raises(T.NonFiniteLossError) as err:
+        agg.flush()
+    e = err.value
+    assert e.term == "loss_qvalue" and e.first_update == 103 and e.last_update == 106
+    assert "loss_qvalue" in str(e) and "\n" not in str(e)
+
+
+def test_aggregator_prefers_the_critic_on_a_tie():
+    agg = T.MetricAggregator()
+    agg.add({"loss_actor": torch.tensor(float("nan")), "loss_qvalue": torch.tensor(float("nan"))})
+    with pytest.raises(T.NonFiniteLossError, match="loss_qvalue"):
+        agg.flush()
+
+
+# ----------------------------------------------------------------------------- RNG
+@pytest.mark.parametrize("own_generator", [False, True])
+def test_rng_restore_reproduces_batches_and_samples(own_generator):
+    gen = torch.Generator().manual_seed(5) if own_generator else None
+    rb = make_buffer(generator=gen)
+    T.seed_everything(3)
+    state = T.capture_rng_state(rb)
+    first = (rb.sample()["index"], torch.rand(3), np.random.rand(3), random.random())
+    T.restore_rng_state(state, rb)
+    again = (rb.sample()["index"], torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert np.array_equal(first[2], again[2]) and first[3] == again[3]
+    if own_generator:
+        assert "replay_buffer" in state
+
+
+def test_preserve_rng_leaves_the_streams_untouched():
+    T.seed_everything(0)
+    expected = torch.rand(2)
+    T.seed_everything(0)
+    with T.preserve_rng():
+        torch.rand(100), np.random.rand(5), random.random()
+    assert torch.equal(torch.rand(2), expected)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_resume_is_exact_parameter_for_parameter(tmp_path):
+    """N updates straight == N/2, checkpoint, fresh objects, restore, N/2."""
+    N = 6
+    T.seed_everything(1)
+    loss_a, update_a = make_agent(seed=1)
+    rb_a = make_buffer(seed=2)
+    run(update_a, rb_a, N)
+
+    T.seed_everything(1)
+    loss_b, update_b = make_agent(seed=1)
+    rb_b = make_buffer(seed=2)
+    run(update_b, rb_b, N // 2)
+    path = T.save_checkpoint(T.training_state(loss_b, update_b, replay_buffer=rb_b, extra={"note": "x"}),
+                             tmp_path / "ck" / "last.pt")
+    del loss_b, update_b
+    torch.manual_seed(12345)  # a fresh process: other RNG state, other init
+    loss_c, update_c = make_agent(seed=99)
+    rb_c = make_buffer(seed=2)
+    extra = T.load_training_state(T.load_checkpoint(path), loss_c, update_c, replay_buffer=rb_c)
+    assert extra == {"note": "x"} and update_c.n_steps == N // 2 and int(loss_c.n_updates) == N // 2
+    run(update_c, rb_c, N - N // 2)
+
+    assert_same_state(loss_a, loss_c)  # actor, critics, target critics, log_alpha(_prime), n_updates
+    assert update_a.n_steps == update_c.n_steps == N
+    oa, oc = update_a.optimizer.state_dict()["state"], update_c.optimizer.state_dict()["state"]
+    for i in oa:
+        for k in oa[i]:
+            assert torch.equal(oa[i][k], oc[i][k])
+
+
+def test_training_state_is_a_copy():
+    loss, update = make_agent()
+    state = T.training_state(loss, update)
+    run(update, make_buffer(), 2)
+    assert not torch.equal(state["loss"]["log_alpha"], loss.state_dict()["log_alpha"])
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    T.save_checkpoint({"version": 1, "step": 1}, path)
+
+    def torn_save(obj, f):  # dies half-way through writing
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(KeyboardInterrupt):
+        T.save_checkpoint({"version": 1, "step": 2}, path)
+    monkeypatch.undo()
+    assert T.load_checkpoint(path)["step"] == 1
+    assert os.listdir(tmp_path) == ["last.pt"]  # no temp file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's owner-only mode
+
+
+def test_find_checkpoint(tmp_path):
+    assert T.find_checkpoint(tmp_path) is None
+    path = T.save_checkpoint({"step": 0}, tmp_path / "checkpoints" / "last.pt")
+    assert T.find_checkpoint(tmp_path) == path == T.find_checkpoint(path) == T.find_checkpoint(path.parent)
+
+
+def test_last_good_state_keeps_a_snapshot():
+    loss, update = make_agent()
+    good = T.LastGoodState()
+    good.keep(lambda: T.training_state(loss, update))
+    assert good.step == 0
+    with torch.no_grad():
+        next(loss.actor_network.parameters()).fill_(math.nan)
+    assert all(torch.isfinite(v).all() for v in good.state["loss"].values() if v.is_floating_point())
