@@ -496,6 +496,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peak-square", type=int, default=2048, help="size of the square matmul of the peak")
     p.add_argument("--profile", action="store_true", help="torch.profiler breakdown of ours (first mode)")
     p.add_argument("--profile-steps", type=int, default=5)
+    p.add_argument("--profile-shapes", action="store_true", help="group the profile by input shapes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label", default=None, help="free text stored in the JSON (e.g. what changed)")
     p.add_argument("--json", default=None, help="output path (default benchmarks/results/<device>-<date>-<time>.json)")
@@ -689,7 +690,8 @@ def _main(args: argparse.Namespace) -> dict:
     profile = None
     if args.profile and impls and impls[0]["rec"]["kind"] == "ours":
         with RoundMeter() as m:
-            profile = profile_step(impls[0]["step"], impls[0]["rec"]["name"], args.profile_steps, device)
+            profile = profile_step(impls[0]["step"], impls[0]["rec"]["name"], args.profile_steps, device,
+                                   shapes=args.profile_shapes)
         profile["foreign_load"] = m.foreign
         print(f"(others' CPU load during the profile: {_fmt(100 * m.foreign if m.foreign is not None else None, '.0f')}%)")
 
@@ -777,19 +779,19 @@ def _main(args: argparse.Namespace) -> dict:
     return result
 
 
-def profile_step(step, name: str, n: int, device: torch.device, row_limit: int = 25) -> dict:
+def profile_step(step, name: str, n: int, device: torch.device, row_limit: int = 25, shapes: bool = False) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     step()
-    with profile(activities=acts) as prof:
+    with profile(activities=acts, record_shapes=shapes) as prof:
         for _ in range(n):
             step()
         _sync(device)
-    ka = prof.key_averages()
+    ka = prof.key_averages(group_by_input_shape=shapes)
     total = sum(e.self_cpu_time_total for e in ka) or 1.0
     rows = sorted(ka, key=lambda e: e.self_cpu_time_total, reverse=True)[:row_limit]
-    top = [{"op": e.key, "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / n,
+    top = [{"op": e.key + (f" {e.input_shapes}" if shapes else ""), "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / n,
             "self_cpu_pct": 100 * e.self_cpu_time_total / total, "calls_per_step": e.count / n,
             "cpu_total_ms_per_step": e.cpu_time_total / 1e3 / n} for e in rows]
     print(f"\n## torch.profiler: {name}, {n} steps, top {row_limit} ops by self CPU time "

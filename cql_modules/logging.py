@@ -192,7 +192,8 @@ class RunLogger:
             mode = wandb_mode or os.environ.get("WANDB_MODE") or "offline"
             if mode == "dryrun":
                 mode = "offline"
-            os.environ.setdefault("WANDB_SILENT", "true")
+            import wandb
+
             logger = WandbLogger(
                 exp_name=self.exp_name,
                 offline=False,  # the mode below decides (WandbLogger's offline flag sets a global env var)
@@ -203,6 +204,7 @@ class RunLogger:
                 mode=mode,
                 log_env_packages=False,
                 config=_clean(config or {}),
+                settings=wandb.Settings(silent=True),
             )
             return logger
         else:
@@ -302,7 +304,9 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         if isinstance(v, dict):
             out.update(_flat(v, f"{prefix}{k}."))
         elif isinstance(v, (int, float, str, bool)) or v is None:
-            out[f"{prefix}{k}"] = "None" if v is None else (str(v) if isinstance(v, float) and not math.isfinite(v) else v)
+            if v is None or (isinstance(v, float) and not math.isfinite(v)):
+                v = str(v)
+            out[f"{prefix}{k}"] = v
         else:
             out[f"{prefix}{k}"] = str(v)
     return out

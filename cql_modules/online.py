@@ -53,7 +53,7 @@ from torchrl.envs.transforms import RewardSum, SelectTransform
 from torchrl.envs.utils import ExplorationType
 
 from cql_modules import training as T
-from cql_modules.data import DatasetError, DatasetInfo, keys, make_env, make_replay_buffer, return_to_go
+from cql_modules.data import DatasetError, DatasetInfo, keys, load_dataset, make_env, make_replay_buffer, return_to_go
 
 __all__ = [
     "SUCCESS_KEYS",
@@ -688,8 +688,6 @@ class OnlineProgress:
 # their proposed home is cql_modules/training.py (then both recipes call them from there).
 def load_data(c: T.OfflineConfig, device: torch.device | str = "cpu", **kwargs):
     """:func:`~cql_modules.data.load_dataset` with the config's dataset, batch size and gamma."""
-    from cql_modules.data import load_dataset
-
     d = c.dataset
     return load_dataset(d.name, batch_size=c.batch_size, normalize_states=d.normalize,
                         normalize_reward=d.normalize_reward, reward_scale=d.reward_scale,

@@ -37,6 +37,7 @@ import torch
 from tensordict import TensorDictBase
 
 from cql_modules.update import LOSS_KEYS
+from cql_modules.data import dataset_problem
 
 __all__ = [
     "ConfigError",
@@ -67,7 +68,6 @@ __all__ = [
     "LastGoodState",
     "run_updates",
     "config_to_dict",
-    "dataset_problem",
     "data_fingerprint",
     "check_same_data",
     "make_summary",
@@ -305,26 +305,6 @@ def validate_config(cfg: Any, schema: type = OfflineConfig, *, check_dataset: bo
     return c
 
 
-def dataset_problem(name: str, download: bool = False) -> str | None:
-    """Why ``name`` cannot be a dataset (None when it plausibly is), without loading it."""
-    from cql_modules.data import D4RL_DATASETS
-
-    if name in D4RL_DATASETS or Path(name).expanduser().exists():
-        return None
-    if name.endswith((".hdf5", ".h5")):
-        return f"no such file '{name}'"
-    if re.fullmatch(r"[\w.-]+(/[\w.-]+)*-v\d+", name):
-        if "/" in name:
-            return None  # a Minari id: local, built locally, or downloaded (the loader says which)
-        from cql_modules.data.minari_source import is_local_minari
-
-        if download or is_local_minari(name):
-            return None
-    known = ", ".join(sorted(D4RL_DATASETS)[:3])
-    return (f"unknown dataset '{name}': not an existing file or directory, not a D4RL name (e.g. {known}, ...) "
-            "and not a Minari id (namespace/name-vN)")
-
-
 def setup_run(cfg: Any) -> torch.device:
     """Seed every generator with ``cfg.seed``, apply ``cfg.num_threads``, return the device."""
     if getattr(cfg, "num_threads", None):
@@ -364,6 +344,7 @@ class MetricAggregator:
     def __init__(self, loss_keys: tuple[str, ...] = LOSS_KEYS) -> None:
         self.loss_keys = tuple(loss_keys)
         self._keys: list[str] | None = None
+        self._fast = False
         self._sum: torch.Tensor | None = None
         self._first_bad: torch.Tensor | None = None
         self.count = 0
@@ -376,7 +357,13 @@ class MetricAggregator:
     def add(self, metrics: TensorDictBase | dict[str, torch.Tensor]) -> None:
         if self._keys is None:
             self._keys = [k for k in metrics.keys() if isinstance(k, str)]
-        vec = torch.stack([metrics[k].detach().float().mean() for k in self._keys])
+            # fast path: the metrics are 0-d float tensors, always in the same order
+            self._fast = list(metrics.keys()) == self._keys and all(
+                metrics[k].ndim == 0 and metrics[k].is_floating_point() for k in self._keys)
+        if self._fast:
+            vec = torch.stack(list(metrics.values())).detach().float()
+        else:
+            vec = torch.stack([metrics[k].detach().float().mean() for k in self._keys])
         bad = ~torch.isfinite(vec)
         if self._sum is None:
             self._sum = vec.clone()

@@ -131,7 +131,7 @@ def train(cfg, run_dir: str | Path) -> dict:
             T.save_checkpoint(replay.state_dict(n_rows), r.ckpt_dir / ONLINE_ROWS_FILE)
         T.save_checkpoint(state, ckpt_path)
 
-    # 4. The online phase's pieces, built at the boundary (or on resuming inside the phase).
+    # The online phase's pieces, built at the boundary (or on resuming inside the phase).
     collector = batches = writer = None
 
     def start_online():
@@ -144,13 +144,13 @@ def train(cfg, run_dir: str | Path) -> dict:
         env = O.make_online_env(info, seed=c.seed + c.online.seed_offset + progress.episodes, device=device,
                                 **make_kwargs)
         col = O.make_collector(env, actor, frames_per_batch=c.online.frames_per_batch)
-        wri = O.EpisodeWriter(replay.extend, gamma=info.gamma, failure_reward=O.mc_failure_reward(info, replay.offline),
-                              goal_reward=O.goal_reward_threshold(info))
+        wri = O.EpisodeWriter(replay.extend, gamma=info.gamma, goal_reward=O.goal_reward_threshold(info),
+                              failure_reward=O.mc_failure_reward(info, replay.offline))
         log.info("online phase: cql_alpha %s, calibrated %s, replay %s", loss.cql_alpha, loss.calibrated,
                  c.online.replay)
         return col, iter(col), wri
 
-    # 5. The loop: `logger.every` updates without host sync, then metrics, evaluation and
+    # The loop: `logger.every` updates without host sync, then metrics, evaluation and
     #    checkpoints; in the online phase every collector batch of F steps is followed by
     #    F * utd_ratio updates.
     per_batch = c.online.frames_per_batch * c.online.utd_ratio
@@ -200,8 +200,8 @@ def train(cfg, run_dir: str | Path) -> dict:
                     metrics.update(progress.add_eval(result.normalized_mean, success))
                 if step == n_offline:
                     history["offline_score"] = result.score
-                history["evals"].append({"step": step, "online": online, "normalized_score": result.normalized_mean,
-                                         "return_mean": result.return_mean, "success_rate": success})
+                history["evals"].append({"step": step, "online": online, "success_rate": success,
+                                         "normalized_score": result.normalized_mean, "return_mean": result.return_mean})
                 bar.set_postfix(score=f"{result.score:.1f}", refresh=False)
             run_logger.log(metrics, step)
             last_good.keep(snapshot)
@@ -216,7 +216,7 @@ def train(cfg, run_dir: str | Path) -> dict:
         if collector is not None:
             collector.shutdown()
 
-    # 6. Summary (offline -> final score, regrets), learning curve, final line.
+    # Summary (offline -> final score, regrets), learning curve, final line.
     history["wall_time"] = wall_before + time.perf_counter() - start_time
     summary = T.make_summary(c, info, history, updates=update.n_steps, status=status, message=message,
                              checkpoint=ckpt_path, run_dir=run_dir)

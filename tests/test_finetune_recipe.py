@@ -166,7 +166,8 @@ def test_every_preset_composes_and_validates(recipe):
     from cql_modules.online import validate_finetune_config
 
     base = ROOT / "configs" / "finetune"
-    presets = sorted(str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml") if not p.name.startswith("_"))
+    presets = sorted(str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml")
+                     if not p.name.startswith("_"))
     assert {"pendulum", "default", "cql/antmaze-umaze", "cal_ql/antmaze-umaze", "cql/pen-cloned",
             "cal_ql/relocate-cloned"} <= set(presets)
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):

@@ -110,6 +110,7 @@ def test_online_rows_reach_buffer_with_dataset_conventions(dataset_id):
     (rec,) = records
     assert rec.length == EP_LEN and not rec.terminated and rec.success is None
     assert rec.raw_return == pytest.approx(sum(raw_rew), rel=1e-5)
+    assert float(batches[1]["next", RAW_RETURN_KEY][0]) == pytest.approx(sum(raw_rew), rel=1e-5)  # RewardSum: raw
     assert rec.modified_return == pytest.approx(mod.sum(), rel=1e-5)
 
 

@@ -210,12 +210,14 @@ def test_every_dataset_preset_composes_and_validates():
     hop, hop_replay = cfgs["hopper-medium-v2"], cfgs["hopper-medium-replay-v2"]
     assert hop.dataset.normalize_reward and not hop_replay.dataset.normalize_reward
     for c in (hop, hop_replay, cfgs["halfcheetah-medium-expert-v2"], cfgs["mujoco/walker2d/expert-v0"]):
-        assert (c.loss.cql_alpha, c.optim.actor_lr, c.optim.critic_lr, c.network.q_n_hidden_layers) == (10, 3e-5, 3e-4, 3)
+        assert (c.loss.cql_alpha, c.optim.actor_lr, c.optim.critic_lr) == (10, 3e-5, 3e-4)
+        assert c.network.q_n_hidden_layers == c.network.actor_n_hidden_layers == 3
         assert c.loss.importance_sample and not c.loss.lagrange and c.dataset.normalize and c.num_updates == 1_000_000
     for c in (cfgs["antmaze-large-diverse-v2"], cfgs["D4RL/antmaze/umaze-v1"]):
         assert (c.loss.cql_alpha, c.loss.target_action_gap, c.loss.clip_diff_min) == (5, 0.8, -200)
         assert c.loss.lagrange and c.loss.max_target_backup and not c.dataset.normalize
-        assert (c.dataset.reward_scale, c.dataset.reward_bias, c.network.q_n_hidden_layers, c.optim.actor_lr) == (10, -5, 5, 1e-4)
+        assert (c.dataset.reward_scale, c.dataset.reward_bias) == (10, -5)
+        assert (c.network.q_n_hidden_layers, c.optim.actor_lr) == (5, 1e-4)
     for c in (cfgs["pen-human-v1"], cfgs["D4RL/relocate/cloned-v2"]):
         assert (c.loss.cql_alpha, c.loss.lagrange, c.loss.target_action_gap) == (1, True, 5)
 
@@ -257,7 +259,8 @@ def test_multirun_sweep_with_the_joblib_launcher(minari_root, tmp_path):
     """The real command line: `--multirun seed=0,1 hydra/launcher=joblib`."""
     env = {**os.environ, "MINARI_DATASETS_PATH": str(minari_root)}
     cmd = [sys.executable, str(ROOT / "recipes" / "offline_cql.py"), "--multirun", "seed=0,1",
-           "hydra/launcher=joblib", "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={tmp_path}", *TINY, "num_updates=2", "eval.every=2"]
+           "hydra/launcher=joblib", "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={tmp_path}",
+           *TINY, "num_updates=2", "eval.every=2"]
     out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     summaries = sorted(tmp_path.glob("*/summary.json"))

@@ -42,7 +42,8 @@ def make_buffer(n: int = 64, batch_size: int = 8, generator: torch.Generator | N
 def make_agent(seed: int = 0, lagrange: bool = True):
     torch.manual_seed(seed)
     spec = bounded_action_spec(2)
-    loss = CQLLoss(make_actor(3, spec, hidden_dim=8, n_hidden_layers=1), make_critic(3, 2, hidden_dim=8, n_hidden_layers=1),
+    actor = make_actor(3, spec, hidden_dim=8, n_hidden_layers=1)
+    loss = CQLLoss(actor, make_critic(3, 2, hidden_dim=8, n_hidden_layers=1),
                    num_actions=2, lagrange=lagrange, target_action_gap=1.0, bc_steps=2)
     update = UpdateStep(loss, make_optimizer(loss, actor_lr=1e-3, critic_lr=1e-3), target_update_period=2)
     return loss, update
@@ -95,10 +96,13 @@ def test_invalid_config_names_the_field(override, field):
     assert field in str(err.value)
 
 
-def test_known_datasets_pass_the_name_check():
-    assert T.dataset_problem("hopper-medium-v2") is None
-    assert T.dataset_problem("mujoco/hopper/medium-v0") is None
-    assert T.dataset_problem("cql-modules/pendulum/mixed-v0") is None
+def test_known_datasets_pass_the_name_check(tmp_path, monkeypatch):
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
+    assert T.dataset_problem("hopper-medium-v2", download=True) is None
+    assert T.dataset_problem("pen-cloned-v1", download=True) is None
+    assert T.dataset_problem("mujoco/hopper/medium-v0", download=True) is None
+    assert T.dataset_problem("cql-modules/pendulum/mixed-v0") is None  # built locally
+    assert "download" in T.dataset_problem("hopper-medium-v2")  # not cached, download off
     assert "unknown dataset" in T.dataset_problem("hopper-mediun-v2")
 
 
@@ -229,3 +233,14 @@ def test_last_good_state_keeps_a_snapshot():
     with torch.no_grad():
         next(loss.actor_network.parameters()).fill_(math.nan)
     assert all(torch.isfinite(v).all() for v in good.state["loss"].values() if v.is_floating_point())
+
+
+def test_loss_config_mirrors_the_loss_constructor():
+    import inspect
+    from dataclasses import asdict
+
+    params = inspect.signature(CQLLoss.__init__).parameters
+    assert set(asdict(T.LossConfig())) <= set(params)
+    for name, value in asdict(T.LossConfig()).items():
+        default = params[name].default
+        assert value == default or (name == "critic_compute_dtype" and default is None), name

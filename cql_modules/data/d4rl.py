@@ -72,6 +72,15 @@ def _table() -> dict[str, D4RLEntry]:
         table[f"antmaze-{name}-v2"] = D4RLEntry(
             f"{_BASE_URL}/ant_maze_v2/Ant_maze_{stem}_sparse_fixed.hdf5", None, 0.0, 1.0, sparse_reward=True
         )
+    adroit = {  # d4rl/infos.py REF_MIN_SCORE / REF_MAX_SCORE of the -v1 hand tasks; no gymnasium env
+        "pen": (96.262799, 3258.3708),
+        "door": (-56.512763, 2880.5693),
+        "hammer": (-274.856578, 12794.134825),
+        "relocate": (-6.425911, 4233.877797),
+    }
+    for task, (lo, hi) in adroit.items():
+        for kind in ("human", "cloned", "expert"):
+            table[f"{task}-{kind}-v1"] = D4RLEntry(f"{_BASE_URL}/hand_dapg_v1/{task}-{kind}-v1.hdf5", None, lo, hi)
     return table
 
 
