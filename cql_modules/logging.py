@@ -86,9 +86,12 @@ def plot_learning_curve(
     fallback: str = "eval_score",
     title: str | None = None,
     reference_lines: dict[str, float] | None = None,
+    vertical_lines: dict[str, float] | None = None,
 ) -> Path | None:
     """Plot ``metric`` (else ``fallback``) against ``step``; mark ``reference_lines``
-    (label -> y, e.g. the behaviour policy's score). Returns None if nothing to plot."""
+    (label -> y, e.g. the behaviour policy's score) and ``vertical_lines`` (label -> step,
+    e.g. the offline -> online boundary; None values are skipped). Returns None if nothing
+    to plot."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -110,12 +113,15 @@ def plot_learning_curve(
     for i, (label, y) in enumerate((reference_lines or {}).items()):
         if y is not None and math.isfinite(y):
             ax.axhline(y, linestyle="--", color=f"C{i + 1}", label=label)
+    for label, x in (vertical_lines or {}).items():
+        if x is not None and math.isfinite(x):
+            ax.axvline(x, linestyle=":", color="0.4", label=label)
     ax.set_xlabel("updates")
     ax.set_ylabel("normalized score" if key == metric else "return")
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    if points or reference_lines:
+    if points or reference_lines or vertical_lines:
         ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     path = Path(path)

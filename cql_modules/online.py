@@ -39,21 +39,27 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.collectors import Collector
 from torchrl.data import (
-    Composite,
     LazyTensorStorage,
     OfflineToOnlineReplayBuffer,
     ReplayBuffer,
     TensorDictReplayBuffer,
-    Unbounded,
 )
 from torchrl.data.replay_buffers import RandomSampler
 from torchrl.envs import TransformedEnv
-from torchrl.envs.gym_like import BaseInfoDictReader
 from torchrl.envs.transforms import RewardSum, SelectTransform
 from torchrl.envs.utils import ExplorationType
 
 from cql_modules import training as T
-from cql_modules.data import DatasetError, DatasetInfo, keys, load_dataset, make_env, make_replay_buffer, return_to_go
+from cql_modules.data import DatasetError, DatasetInfo, keys, make_env, make_replay_buffer, return_to_go
+from cql_modules.evaluation import (
+    SUCCESS_KEYS,  # the success-reading pieces live with the evaluation (re-exported here)
+    SuccessInfoReader,
+    add_success_reader,
+    env_success_keys,
+    normalized_score,
+    regret,
+    score_regret,
+)
 
 __all__ = [
     "SUCCESS_KEYS",
@@ -73,16 +79,8 @@ __all__ = [
     "EpisodeWriter",
     "OnlineReplay",
     "OnlineProgress",
-    "clipped_score_regret",
-    "load_data",
-    "make_eval_env",
-    "build_learner",
-    "open_run",
 ]
 
-#: info keys an environment may use to report task success (gymnasium-robotics: "success";
-#: many goal envs: "is_success"; D4RL Adroit: "goal_achieved").
-SUCCESS_KEYS = ("success", "is_success", "goal_achieved")
 #: where the online env writes the undiscounted episode return of the *raw* rewards.
 RAW_RETURN_KEY = "episode_raw_return"
 #: the keys stored per transition (the data layer's, :mod:`cql_modules.data.keys`).
@@ -175,64 +173,6 @@ def validate_finetune_config(cfg: Any, *, check_dataset: bool = True) -> Finetun
 
 
 # ----------------------------------------------------------------------------- environment
-def env_success_keys(info: DatasetInfo | str, **make_kwargs) -> tuple[str, ...]:
-    """The :data:`SUCCESS_KEYS` that the dataset's environment reports in its step info.
-
-    Probed on a throw-away gymnasium instance (reset + one random step), so the training
-    and evaluation environments' random streams are untouched.
-    """
-    import gymnasium as gym
-
-    ref = info if isinstance(info, str) else (info.env_spec or info.env_id)
-    env = gym.make(ref, **make_kwargs)
-    try:
-        _, reset_info = env.reset(seed=0)
-        _, _, _, _, step_info = env.step(env.action_space.sample())
-    finally:
-        env.close()
-    return tuple(k for k in SUCCESS_KEYS if k in step_info or k in reset_info)
-
-
-def _gym_wrapper(env):
-    base = env.base_env if isinstance(env, TransformedEnv) else env
-    if not hasattr(base, "set_info_dict_reader"):
-        raise TypeError(f"expected a TorchRL GymWrapper at the base of the env, got {type(base).__name__}")
-    return base
-
-
-class SuccessInfoReader(BaseInfoDictReader):
-    """Reads success flags from a gymnasium step info into the TensorDict as bool scalars.
-
-    TorchRL's ``default_info_dict_reader`` calls ``.dtype`` on every value and so fails on
-    the plain Python ``bool`` that goal environments (gymnasium-robotics) report; a key
-    missing from one step's info reads as False.
-    """
-
-    def __init__(self, keys: Sequence[str]) -> None:
-        self.keys = tuple(keys)
-        self._spec = Composite({k: Unbounded((), dtype=torch.bool) for k in self.keys}, shape=[])
-
-    def __call__(self, info_dict: dict[str, Any], tensordict: TensorDictBase) -> TensorDictBase:
-        for k in self.keys:
-            value = info_dict.get(k, False) if isinstance(info_dict, dict) else False
-            tensordict.set(k, torch.tensor(bool(np.asarray(value).any())))
-        return tensordict
-
-    @property
-    def info_spec(self) -> Composite:
-        return self._spec
-
-
-def add_success_reader(env, success_keys: Sequence[str]):
-    """Read the given info keys into the env's output as bool entries (``("next", key)``)."""
-    if not success_keys:
-        return env
-    _gym_wrapper(env).set_info_dict_reader(SuccessInfoReader(success_keys))
-    if isinstance(env, TransformedEnv):
-        env.transform.empty_cache()
-    return env
-
-
 def make_online_env(
     info: DatasetInfo,
     *,
@@ -598,13 +538,6 @@ class OnlineReplay:
 
 
 # ----------------------------------------------------------------------------- bookkeeping
-def clipped_score_regret(normalized_scores: Sequence[float]) -> float:
-    """CORL's regret in score units: ``mean(1 - clip(score / 100, 0, 1))``."""
-    from cql_modules.evaluation import score_regret
-
-    return score_regret(np.clip(np.asarray(normalized_scores, dtype=np.float64), 0.0, 100.0))
-
-
 @dataclass
 class OnlineProgress:
     """Counters and histories of the online phase, checkpointed with the run.
@@ -634,8 +567,6 @@ class OnlineProgress:
     def metrics(self, ref_scores: tuple[float, float] | None = None) -> dict[str, float]:
         """Training-episode metrics of the episodes finished since the last call (CORL's
         names under ``train/``) and the running ``train/regret``."""
-        from cql_modules.evaluation import normalized_score, regret
-
         m: dict[str, float] = {"train/env_steps": float(self.env_steps), "train/episodes": float(self.episodes)}
         interval, self._interval = self._interval, []
         if interval:
@@ -650,19 +581,17 @@ class OnlineProgress:
         if self.train_successes:  # CORL Cal-QL (goal tasks): mean(1 - success)
             m["train/regret"] = regret(self.train_successes)
         elif self.train_returns and ref_scores is not None:  # CORL CQL: mean(1 - clip(normalized, 0, 1))
-            m["train/regret"] = clipped_score_regret(normalized_score(self.train_returns, *ref_scores))
+            m["train/regret"] = score_regret(normalized_score(self.train_returns, *ref_scores), clip=True)
         return m
 
     def add_eval(self, normalized_score: float | None, success_rate: float | None = None) -> dict[str, float]:
         """Record an online evaluation; returns ``eval/regret`` (CORL's CQL:
         ``mean(1 - clip(score / 100, 0, 1))`` over the online evaluations so far) and, with a
         success signal, ``eval/success_regret`` (``mean(1 - success_rate)``)."""
-        from cql_modules.evaluation import regret
-
         m: dict[str, float] = {}
         if normalized_score is not None:
             self.eval_scores.append(float(normalized_score))
-            m["eval/regret"] = clipped_score_regret(self.eval_scores)
+            m["eval/regret"] = score_regret(self.eval_scores, clip=True)
         if success_rate is not None:
             self.eval_successes.append(float(success_rate))
             m["eval/success_regret"] = regret(self.eval_successes)
@@ -681,79 +610,3 @@ class OnlineProgress:
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> OnlineProgress:
         return cls(**{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in state.items()})
-
-
-# ----------------------------------------------------------------------------- recipe pieces
-# The build steps both recipes share. recipes/offline_cql.py still spells them out inline;
-# their proposed home is cql_modules/training.py (then both recipes call them from there).
-def load_data(c: T.OfflineConfig, device: torch.device | str = "cpu", **kwargs):
-    """:func:`~cql_modules.data.load_dataset` with the config's dataset, batch size and gamma."""
-    d = c.dataset
-    return load_dataset(d.name, batch_size=c.batch_size, normalize_states=d.normalize,
-                        normalize_reward=d.normalize_reward, reward_scale=d.reward_scale,
-                        reward_bias=d.reward_bias, gamma=c.loss.gamma, download=d.download, device=device, **kwargs)
-
-
-def make_eval_env(c: T.OfflineConfig, info: DatasetInfo, device: torch.device | str = "cpu"):
-    """The evaluation env (seed ``seed + eval.seed_offset``), None with ``eval.every=0``."""
-    if not c.eval.every:
-        return None
-    try:
-        return make_env(info, seed=c.seed + c.eval.seed_offset, device=device)
-    except DatasetError as err:
-        raise T.ConfigError(f"eval.every: cannot evaluate on {info.name} ({err}); eval.every=0 trains without") from err
-
-
-def build_learner(c: T.OfflineConfig, info: DatasetInfo, device: torch.device | str = "cpu"):
-    """``(actor, loss, update_step)`` from the config: CORL's networks, :class:`CQLLoss`, Adam,
-    :class:`~cql_modules.update.UpdateStep`."""
-    from dataclasses import asdict
-
-    from cql_modules import CQLLoss, bounded_action_spec, make_actor, make_critic
-    from cql_modules.update import UpdateStep, make_optimizer
-
-    obs_dim, act_dim = info.observation_space.shape[0], info.action_space.shape[0]
-    action_spec = bounded_action_spec(act_dim, info.action_space.low, info.action_space.high)
-    n = c.network
-    actor = make_actor(obs_dim, action_spec, hidden_dim=n.hidden_dim, n_hidden_layers=n.actor_n_hidden_layers,
-                       log_std_multiplier=n.log_std_multiplier, log_std_offset=n.log_std_offset,
-                       orthogonal_init=n.orthogonal_init)
-    critic = make_critic(obs_dim, act_dim, hidden_dim=n.hidden_dim, n_hidden_layers=n.q_n_hidden_layers,
-                         orthogonal_init=n.orthogonal_init)
-    loss = CQLLoss(actor, critic, action_spec=action_spec, **asdict(c.loss)).to(device)
-    optimizer = make_optimizer(loss, actor_lr=c.optim.actor_lr, critic_lr=c.optim.critic_lr,
-                               alpha_lr=c.optim.alpha_lr, alpha_prime_lr=c.optim.alpha_prime_lr)
-    update = UpdateStep(loss, optimizer, tau=c.optim.tau, target_update_period=c.optim.target_update_period,
-                        compile=c.compile)
-    return actor, loss, update
-
-
-def open_run(c: T.OfflineConfig, run_dir, info: DatasetInfo, loss, update, replay_buffer=None):
-    """The run's :class:`~cql_modules.logging.RunLogger` and, with ``resume=true``, the last
-    checkpoint restored into ``loss`` / ``update`` (parameters, optimizer, counters, RNG).
-
-    Returns ``(run_logger, extra, checkpoint_path)``: the checkpoint's ``extra`` dict and
-    path, or ``(run_logger, None, None)`` when starting fresh.
-    """
-    import logging
-    from pathlib import Path
-
-    from cql_modules.logging import RunLogger
-
-    run_dir = Path(run_dir)
-    resume_from = T.find_checkpoint(c.checkpoint.load_from or run_dir, subdir=c.checkpoint.dir) if c.resume else None
-    if c.resume and resume_from is None and c.checkpoint.load_from:
-        raise T.ConfigError(f"checkpoint.load_from: no checkpoint at {c.checkpoint.load_from}")
-    state = T.load_checkpoint(resume_from) if resume_from else None
-    run_logger = RunLogger(run_dir, c.logger.backends, exp_name=T.run_name(c),
-                           config=T.config_to_dict(c), project=c.logger.project, group=c.logger.group,
-                           wandb_mode=c.logger.wandb_mode, resume_state=state and state["extra"]["logger"])
-    if state is None:
-        if c.resume:
-            logging.getLogger(__name__).warning("resume=true but no checkpoint under %s: starting from scratch",
-                                                run_dir)
-        return run_logger, None, None
-    T.check_same_data(state["extra"]["data"], info)
-    extra = T.load_training_state(state, loss, update, replay_buffer=replay_buffer)
-    run_logger.rewind(update.n_steps, source_dir=resume_from.parent.parent)
-    return run_logger, extra, resume_from

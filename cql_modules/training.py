@@ -17,18 +17,23 @@ Nothing here knows about a particular recipe; a recipe strings the pieces togeth
   :func:`save_checkpoint` / :func:`load_checkpoint` (atomic: temp file + ``os.replace``);
 * :class:`LastGoodState`: the state at the last finite logging boundary, written out when
   the guard fires;
-* :func:`run_updates`: the hot loop (sample, update, accumulate; no host sync).
+* :func:`run_updates`: the hot loop (sample, update, accumulate; no host sync);
+* the build steps of a run from its config: :func:`load_data` (replay buffer + dataset
+  info), :func:`make_eval_env`, :func:`build_learner` (actor, :class:`~cql_modules.CQLLoss`,
+  update step) and :func:`open_run` (run logger, resuming from the checkpoint that
+  :func:`run_state` describes).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import os
 import random
 import re
 import tempfile
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -36,8 +41,12 @@ import numpy as np
 import torch
 from tensordict import TensorDictBase
 
-from cql_modules.update import LOSS_KEYS
-from cql_modules.data import dataset_problem
+from cql_modules.data import DatasetError, dataset_problem, load_dataset, make_env
+from cql_modules.loss import CQLLoss
+from cql_modules.networks import bounded_action_spec, make_actor, make_critic
+from cql_modules.update import LOSS_KEYS, UpdateStep, make_optimizer
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ConfigError",
@@ -67,6 +76,12 @@ __all__ = [
     "find_checkpoint",
     "LastGoodState",
     "run_updates",
+    "load_data",
+    "make_eval_env",
+    "build_learner",
+    "open_run",
+    "run_state",
+    "ref_scores",
     "config_to_dict",
     "data_fingerprint",
     "check_same_data",
@@ -350,9 +365,14 @@ class MetricAggregator:
         self.count = 0
         self.start_update = 0
 
-    def reset(self, start_update: int = 0) -> None:
+    def reset(self, start_update: int = 0, *, clear_keys: bool = False) -> None:
+        """Start a new interval at ``start_update``. ``clear_keys=True`` also forgets the
+        metric names, for when the set of metrics changes (e.g. Cal-QL's bound rates at
+        the offline -> online boundary)."""
         self._sum, self._first_bad, self.count = None, None, 0
         self.start_update = start_update
+        if clear_keys:
+            self._keys, self._fast = None, False
 
     def add(self, metrics: TensorDictBase | dict[str, torch.Tensor]) -> None:
         if self._keys is None:
@@ -588,10 +608,94 @@ def run_updates(
             on_update()
 
 
+# ----------------------------------------------------------------------------- run setup
+def load_data(c: OfflineConfig, device: torch.device | str = "cpu", **kwargs):
+    """:func:`~cql_modules.data.load_dataset` with the config's dataset, batch size and gamma;
+    returns ``(replay_buffer, info)``."""
+    d = c.dataset
+    return load_dataset(d.name, batch_size=c.batch_size, normalize_states=d.normalize,
+                        normalize_reward=d.normalize_reward, reward_scale=d.reward_scale,
+                        reward_bias=d.reward_bias, gamma=c.loss.gamma, download=d.download, device=device, **kwargs)
+
+
+def make_eval_env(c: OfflineConfig, info: Any, device: torch.device | str = "cpu"):
+    """The evaluation env (seed ``seed + eval.seed_offset``, the dataset's observation
+    normalization), None with ``eval.every=0``."""
+    if not c.eval.every:
+        return None
+    try:
+        return make_env(info, seed=c.seed + c.eval.seed_offset, device=device)
+    except DatasetError as err:
+        raise ConfigError(f"eval.every: cannot evaluate on {info.name} ({err}); eval.every=0 trains without") from err
+
+
+def build_learner(c: OfflineConfig, info: Any, device: torch.device | str = "cpu", *,
+                  update_cls: type = UpdateStep):
+    """``(actor, loss, update_step)`` from the config: CORL's networks, :class:`CQLLoss`, Adam
+    and ``update_cls`` (:class:`~cql_modules.update.UpdateStep` or a subclass: one backward,
+    one Adam step, Polyak targets)."""
+    obs_dim, act_dim = info.observation_space.shape[0], info.action_space.shape[0]
+    action_spec = bounded_action_spec(act_dim, info.action_space.low, info.action_space.high)
+    n = c.network
+    actor = make_actor(obs_dim, action_spec, hidden_dim=n.hidden_dim, n_hidden_layers=n.actor_n_hidden_layers,
+                       log_std_multiplier=n.log_std_multiplier, log_std_offset=n.log_std_offset,
+                       orthogonal_init=n.orthogonal_init)
+    critic = make_critic(obs_dim, act_dim, hidden_dim=n.hidden_dim, n_hidden_layers=n.q_n_hidden_layers,
+                         orthogonal_init=n.orthogonal_init)
+    loss = CQLLoss(actor, critic, action_spec=action_spec, **asdict(c.loss)).to(device)
+    optimizer = make_optimizer(loss, actor_lr=c.optim.actor_lr, critic_lr=c.optim.critic_lr,
+                               alpha_lr=c.optim.alpha_lr, alpha_prime_lr=c.optim.alpha_prime_lr)
+    update = update_cls(loss, optimizer, tau=c.optim.tau, target_update_period=c.optim.target_update_period,
+                        compile=c.compile)
+    return actor, loss, update
+
+
+def open_run(c: OfflineConfig, run_dir: str | os.PathLike, info: Any, loss: torch.nn.Module, update: Any,
+             replay_buffer: Any = None):
+    """The run's :class:`~cql_modules.logging.RunLogger` and, with ``resume=true``, the last
+    checkpoint (``checkpoint.load_from`` or the run dir) restored into ``loss`` / ``update``
+    (parameters, optimizer, counters, RNG) after checking it was trained on the same data.
+
+    Returns ``(run_logger, extra, checkpoint_path)``: the checkpoint's ``extra`` dict and
+    path, or ``(run_logger, None, None)`` when starting fresh.
+    """
+    from cql_modules.logging import RunLogger  # cql_modules.logging imports this module
+
+    run_dir = Path(run_dir)
+    resume_from = find_checkpoint(c.checkpoint.load_from or run_dir, subdir=c.checkpoint.dir) if c.resume else None
+    if c.resume and resume_from is None and c.checkpoint.load_from:
+        raise ConfigError(f"checkpoint.load_from: no checkpoint at {c.checkpoint.load_from}")
+    state = load_checkpoint(resume_from) if resume_from else None
+    run_logger = RunLogger(run_dir, c.logger.backends, exp_name=run_name(c),
+                           config=config_to_dict(c), project=c.logger.project, group=c.logger.group,
+                           wandb_mode=c.logger.wandb_mode, resume_state=state and state["extra"]["logger"])
+    if state is None:
+        if c.resume:
+            log.warning("resume=true but no checkpoint under %s: starting from scratch", run_dir)
+        return run_logger, None, None
+    check_same_data(state["extra"]["data"], info)
+    extra = load_training_state(state, loss, update, replay_buffer=replay_buffer)
+    run_logger.rewind(update.n_steps, source_dir=resume_from.parent.parent)
+    return run_logger, extra, resume_from
+
+
+def run_state(c: OfflineConfig, info: Any, loss: torch.nn.Module, update: Any, *, history: dict[str, Any],
+              run_logger: Any, replay_buffer: Any = None, **extra: Any) -> dict[str, Any]:
+    """:func:`training_state` of a recipe's run, as :func:`open_run` reads it back: its
+    ``extra`` holds ``history``, the run logger's state, the config and the data
+    fingerprint, plus the recipe's own ``extra`` entries."""
+    extra = {"history": history, "logger": run_logger.state_dict(), "config": config_to_dict(c),
+             "data": data_fingerprint(info), **extra}
+    return training_state(loss, update, replay_buffer=replay_buffer, extra=extra)
+
+
+def ref_scores(info: Any) -> tuple[float, float] | None:
+    """The dataset's ``(ref_min_score, ref_max_score)`` for normalized scores, None if unknown."""
+    return (info.ref_min_score, info.ref_max_score) if info.ref_min_score is not None else None
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """A plain, JSON-friendly dict of a dataclass / DictConfig (inf kept as float)."""
-    from dataclasses import asdict
-
     if is_dataclass(cfg) and not isinstance(cfg, type):
         return asdict(cfg)
     from omegaconf import OmegaConf

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from cql_modules import CQLLoss
 from cql_modules import online as O
 from cql_modules import training as T
-from cql_modules.evaluation import evaluate
+from cql_modules.evaluation import env_success_keys, evaluate, score_regret
 from cql_modules.logging import RunLogger
 from cql_modules.update import UpdateStep
 
@@ -63,11 +63,11 @@ class Run:
     history: dict
     progress: O.OnlineProgress
     resume_from: Optional[Path]
+    success_keys: tuple = ()  #: the info keys in which the evaluation env reports success
 
     @property
     def refs(self) -> tuple[float, float] | None:
-        i = self.info
-        return (i.ref_min_score, i.ref_max_score) if i.ref_min_score is not None else None
+        return T.ref_scores(self.info)
 
     @property
     def ckpt_dir(self) -> Path:
@@ -83,17 +83,18 @@ def setup(cfg, run_dir: str | Path) -> Run:
 
     # Data (the offline buffer, with room for the online rows in "add" mode), evaluation env,
     # networks / loss / update step: the offline recipe's pieces.
-    rb, info = O.load_data(c, device)
+    rb, info = T.load_data(c, device)
     replay = O.OnlineReplay(rb, mode=c.online.replay, mixing_ratio=c.online.mixing_ratio,
                             online_capacity=c.online.buffer_capacity or max(c.online_env_steps, 1),
                             batch_size=c.batch_size, device=device)
-    eval_env = O.make_eval_env(c, info, device)
+    eval_env = T.make_eval_env(c, info, device)
+    success_keys = env_success_keys(info) if eval_env is not None else ()
     log.info("dataset %s: %d transitions, behaviour normalized score %s", info.name, info.num_transitions,
              T.fmt(info.behaviour_score))
-    actor, loss, update = O.build_learner(c, info, device)
+    actor, loss, update = T.build_learner(c, info, device)
 
     # Logging and resuming (either phase): the online counters and rows come back too.
-    run_logger, extra, resume_from = O.open_run(c, run_dir, info, loss, update, replay_buffer=replay.buffer)
+    run_logger, extra, resume_from = T.open_run(c, run_dir, info, loss, update, replay_buffer=replay.buffer)
     history = {"evals": [], "wall_time": 0.0, "train_time": 0.0, "offline_score": None}
     progress = O.OnlineProgress()
     if extra is not None:
@@ -104,7 +105,7 @@ def setup(cfg, run_dir: str | Path) -> Run:
             replay.load_state_dict(rows, num_online=online_state["num_online"])
         log.info("resumed from %s at update %d (%d online rows)", resume_from, update.n_steps, replay.num_online)
     return Run(c, run_dir, device, info, replay, eval_env, actor, loss, update, run_logger, history, progress,
-               resume_from)
+               resume_from, success_keys)
 
 
 def train(cfg, run_dir: str | Path) -> dict:
@@ -120,10 +121,9 @@ def train(cfg, run_dir: str | Path) -> dict:
 
     def snapshot() -> dict:
         history["wall_time"] = wall_before + time.perf_counter() - start_time
-        extra = {"history": history, "logger": run_logger.state_dict(), "config": T.config_to_dict(c),
-                 "data": T.data_fingerprint(info),
-                 "online": {"progress": progress.state_dict(), "num_online": replay.num_online}}
-        return T.training_state(loss, update, replay_buffer=replay.buffer, extra=extra)
+        return T.run_state(c, info, loss, update, history=history, run_logger=run_logger,
+                           replay_buffer=replay.buffer,
+                           online={"progress": progress.state_dict(), "num_online": replay.num_online})
 
     def save(state: dict) -> None:
         n_rows = state["extra"]["online"]["num_online"]
@@ -172,8 +172,7 @@ def train(cfg, run_dir: str | Path) -> dict:
                 if collector is None:
                     collector, batches, writer = start_online()
                     # the metric set may change at the boundary (Cal-QL's bound rates off)
-                    aggregator = T.MetricAggregator()
-                    aggregator.reset(step0)
+                    aggregator.reset(step0, clear_keys=True)
                 for _ in range((stop - step0) // per_batch):
                     batch = next(batches)
                     progress.env_steps += batch.numel()
@@ -191,7 +190,8 @@ def train(cfg, run_dir: str | Path) -> dict:
             if c.eval.every and (step % c.eval.every == 0 or step in (n_offline, total)):
                 with T.preserve_rng(replay.buffer):  # evaluating never moves the training random streams
                     result = evaluate(r.eval_env, actor, c.eval.n_episodes, seed=eval_seed,
-                                      max_steps=c.eval.max_episode_steps, ref_scores=refs)
+                                      max_steps=c.eval.max_episode_steps, ref_scores=refs,
+                                      success_keys=r.success_keys)
                 metrics.update(result.metrics())
                 success = eval_success_rate(result, info)
                 if success is not None:
@@ -228,13 +228,14 @@ def train(cfg, run_dir: str | Path) -> dict:
         "offline_normalized_score": history["offline_score"] if refs else None,
         "online_env_steps": progress.env_steps,
         "online_episodes": progress.episodes,
-        "eval_regret": O.clipped_score_regret(online_evals) if online_evals else None,
+        "eval_regret": score_regret(online_evals, clip=True) if online_evals else None,
         "train_regret": progress.metrics(refs).get("train/regret"),
     })
     run_logger.write_summary(summary)
     run_logger.plot(title=f"CQL {info.name}: online from update {n_offline}",
                     reference_lines={"behaviour policy (dataset)": info.behaviour_score,
-                                     "offline phase result": summary["offline_normalized_score"]})
+                                     "offline phase result": summary["offline_normalized_score"]},
+                    vertical_lines={"offline -> online": n_offline if 0 < n_offline < total else None})
     run_logger.close()
     if message:
         print(message, file=sys.stderr)
@@ -244,12 +245,12 @@ def train(cfg, run_dir: str | Path) -> dict:
 
 
 def eval_success_rate(result, info) -> float | None:
-    """Success rate of an evaluation: the env's success flags when the evaluation reports
-    them, else for sparse-reward (goal) tasks CORL's goal-reached rule, a positive raw
-    reward at some step (raw rewards are >= 0 there: return > 0)."""
-    successes = getattr(result, "successes", None)
-    if successes is not None:
-        return float(np.mean(successes))
+    """Success rate of an evaluation: the env's success flags when it reports them
+    (``evaluate(success_keys=...)``), else for sparse-reward (goal) tasks CORL's
+    goal-reached rule, a positive raw reward at some step (raw rewards are >= 0 there:
+    return > 0)."""
+    if result.successes is not None:
+        return result.success_rate
     if info.sparse_reward:
         return float(np.mean(np.asarray(result.returns) > 0.0))
     return None

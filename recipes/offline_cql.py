@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -24,12 +23,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from cql_modules import CQLLoss, bounded_action_spec, make_actor, make_critic
 from cql_modules import training as T
-from cql_modules.data import DatasetError, load_dataset, make_env
 from cql_modules.evaluation import evaluate
-from cql_modules.logging import RunLogger, record_failure
-from cql_modules.update import UpdateStep, make_optimizer
+from cql_modules.logging import record_failure
+from cql_modules.update import UpdateStep
 
 log = logging.getLogger("offline_cql")
 T.register_configs()
@@ -43,61 +40,27 @@ def train(cfg, run_dir: str | Path) -> dict:
     device = T.setup_run(c)  # seeds torch / numpy / python, sets torch's threads, picks the device
 
     # 1. Data: a replay buffer of (normalized) transitions, and an evaluation env that
-    #    applies the same observation normalization.
-    rb, info = load_dataset(
-        c.dataset.name, batch_size=c.batch_size, normalize_states=c.dataset.normalize,
-        normalize_reward=c.dataset.normalize_reward, reward_scale=c.dataset.reward_scale,
-        reward_bias=c.dataset.reward_bias, gamma=c.loss.gamma, download=c.dataset.download, device=device,
-    )
-    eval_seed = c.seed + c.eval.seed_offset
-    try:
-        env = make_env(info, seed=eval_seed, device=device) if c.eval.every else None
-    except DatasetError as err:
-        raise T.ConfigError(f"eval.every: cannot evaluate on {info.name} ({err}); eval.every=0 trains without") from err
-    refs = (info.ref_min_score, info.ref_max_score) if info.ref_min_score is not None else None
-    behaviour = info.behaviour_score
+    #    applies the same observation normalization (None with eval.every=0).
+    rb, info = T.load_data(c, device)
+    env = T.make_eval_env(c, info, device)
+    eval_seed, refs, behaviour = c.seed + c.eval.seed_offset, T.ref_scores(info), info.behaviour_score
     log.info("dataset %s: %d transitions, behaviour normalized score %s", info.name, info.num_transitions,
              T.fmt(behaviour))
 
     # 2. Networks, loss and the update step (one backward, one Adam step, Polyak targets).
-    obs_dim, act_dim = info.observation_space.shape[0], info.action_space.shape[0]
-    action_spec = bounded_action_spec(act_dim, info.action_space.low, info.action_space.high)
-    n = c.network
-    actor = make_actor(obs_dim, action_spec, hidden_dim=n.hidden_dim, n_hidden_layers=n.actor_n_hidden_layers,
-                       log_std_multiplier=n.log_std_multiplier, log_std_offset=n.log_std_offset,
-                       orthogonal_init=n.orthogonal_init)
-    critic = make_critic(obs_dim, act_dim, hidden_dim=n.hidden_dim, n_hidden_layers=n.q_n_hidden_layers,
-                         orthogonal_init=n.orthogonal_init)
-    loss = CQLLoss(actor, critic, action_spec=action_spec, **asdict(c.loss)).to(device)
-    optimizer = make_optimizer(loss, actor_lr=c.optim.actor_lr, critic_lr=c.optim.critic_lr,
-                               alpha_lr=c.optim.alpha_lr, alpha_prime_lr=c.optim.alpha_prime_lr)
-    update = UpdateStep(loss, optimizer, tau=c.optim.tau, target_update_period=c.optim.target_update_period,
-                        compile=c.compile)
+    actor, loss, update = T.build_learner(c, info, device, update_cls=UpdateStep)
 
     # 3. Logging, and resuming from the last checkpoint when asked.
     ckpt_path = run_dir / c.checkpoint.dir / "last.pt"
-    history = {"evals": [], "wall_time": 0.0, "train_time": 0.0}
-    resume_from = T.find_checkpoint(c.checkpoint.load_from or run_dir, subdir=c.checkpoint.dir) if c.resume else None
-    if c.resume and resume_from is None and c.checkpoint.load_from:
-        raise T.ConfigError(f"checkpoint.load_from: no checkpoint at {c.checkpoint.load_from}")
-    state = T.load_checkpoint(resume_from) if resume_from else None
-    run_logger = RunLogger(run_dir, c.logger.backends, exp_name=T.run_name(c),
-                           config=T.config_to_dict(c), project=c.logger.project, group=c.logger.group,
-                           wandb_mode=c.logger.wandb_mode, resume_state=state and state["extra"]["logger"])
-    if state:
-        T.check_same_data(state["extra"]["data"], info)
-        history = T.load_training_state(state, loss, update, replay_buffer=rb)["history"]
-        run_logger.rewind(update.n_steps, source_dir=resume_from.parent.parent)
+    run_logger, saved, resume_from = T.open_run(c, run_dir, info, loss, update, replay_buffer=rb)
+    history = saved["history"] if saved else {"evals": [], "wall_time": 0.0, "train_time": 0.0}
+    if resume_from:
         log.info("resumed from %s at update %d", resume_from, update.n_steps)
-    elif c.resume:
-        log.warning("resume=true but no checkpoint under %s: starting from scratch", run_dir)
     wall_before = history["wall_time"]
 
     def snapshot() -> dict:
         history["wall_time"] = wall_before + time.perf_counter() - start_time
-        extra = {"history": history, "logger": run_logger.state_dict(), "config": T.config_to_dict(c),
-                 "data": T.data_fingerprint(info)}
-        return T.training_state(loss, update, replay_buffer=rb, extra=extra)
+        return T.run_state(c, info, loss, update, history=history, run_logger=run_logger, replay_buffer=rb)
 
     # 4. The loop: `logger.every` updates with no host sync, then one sync for the metrics
     #    and the NaN/inf guard; an evaluation every `eval.every` updates; checkpoints only

@@ -85,6 +85,32 @@ def test_metrics_use_corl_names(actor):
     assert "d4rl_normalized_score" not in no_refs.metrics() and no_refs.score == 2.0
 
 
+class GoalCountdown(Countdown):
+    """Countdown whose info reports ``is_success`` (a plain Python bool) at the final step
+    of the episodes of odd length."""
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        self.length = self.left
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, _ = super().step(action)
+        return obs, reward, terminated, truncated, {"is_success": bool(terminated and self.length % 2)}
+
+
+def test_success_keys_give_per_episode_successes(actor):
+    env = GymWrapper(GoalCountdown())
+    result = evaluate(env, actor, 6, seed=3, success_keys=("is_success",))
+    expected = [n % 2 == 1 for n in own_lengths(3, 6)]
+    assert 0 < sum(expected) < 6 and result.successes == expected
+    assert result.metrics()["eval/success_rate"] == result.success_rate == pytest.approx(np.mean(expected))
+    again = evaluate(env, actor, 6, seed=3, success_keys=("is_success",))  # the reader is installed once
+    assert again.successes == expected and len(env.info_dict_reader) == 1
+    plain = evaluate(GymWrapper(Countdown()), actor, 2, seed=3)
+    assert plain.successes is None and "eval/success_rate" not in plain.metrics()
+
+
 def test_normalized_score_and_regret():
     assert normalized_score(3234.3, -20.272305, 3234.3) == pytest.approx(100.0)
     assert normalized_score(-20.272305, -20.272305, 3234.3) == pytest.approx(0.0)
@@ -93,5 +119,7 @@ def test_normalized_score_and_regret():
         normalized_score(1.0, 1.0, 1.0)
     assert regret([1, 0, 1, 1]) == pytest.approx(0.25)
     assert score_regret([50.0, 100.0]) == pytest.approx(0.25)
+    assert score_regret([-50.0, 150.0]) == pytest.approx(0.5)
+    assert score_regret([-50.0, 150.0], clip=True) == pytest.approx(0.5 * (1.0 + 0.0))  # CORL: clipped to [0, 100]
     with pytest.raises(ValueError):
         regret([])

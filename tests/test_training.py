@@ -116,6 +116,15 @@ def test_aggregator_means_one_interval():
     assert agg.start_update == 13 and agg.flush() == {}
 
 
+def test_aggregator_reset_can_forget_the_metric_names():
+    agg = T.MetricAggregator()
+    agg.add({"loss_qvalue": torch.tensor(1.0), "bound_rate": torch.tensor(0.5)})
+    assert agg.flush() == {"loss_qvalue": 1.0, "bound_rate": 0.5}
+    agg.reset(7, clear_keys=True)  # e.g. the offline -> online boundary: another metric set
+    agg.add({"loss_qvalue": torch.tensor(3.0)})
+    assert agg.flush() == {"loss_qvalue": 3.0} and agg.start_update == 8
+
+
 def test_aggregator_names_the_first_non_finite_loss_term():
     agg = T.MetricAggregator()
     agg.reset(100)
