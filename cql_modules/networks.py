@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 from tensordict.nn import TensorDictModule
 from torch import nn
+from torch.nn import functional as F
 from torchrl.data import Bounded
 from torchrl.modules import ProbabilisticActor, TanhNormal, ValueOperator
 
@@ -116,13 +117,16 @@ def ensemble_mlp(
     biases: list[torch.Tensor],
     x: torch.Tensor,
     compute_dtype: torch.dtype | None = None,
+    batched: bool | None = None,
 ) -> torch.Tensor:
     """K ReLU MLPs with stacked parameters on a shared input, ``[R, in] -> [K, R, out]``.
 
-    Written out instead of ``vmap(functional_call)`` because it is measurably faster on
-    CPU (see benchmarks/): the bias is fused into the matmul (``baddbmm``) and the ReLU
-    runs in place on the matmul's fresh output, saving one full-size temporary and one
-    memory pass per layer; the shared first-layer input is a stride-0 expand, not a copy.
+    Written out instead of ``vmap(functional_call)`` because it is measurably faster: the
+    ReLU runs in place on each matmul's fresh output (one full-size temporary and one
+    memory pass fewer per layer) and the shared input is never copied K times. On CPU the
+    K members run as K plain ``F.linear`` calls, which MKL executes ~10% faster than the
+    equivalent ``baddbmm`` (CORL shape, 2 cores: 53 vs 59 ms for forward + backward of the
+    penalty pass); on accelerators one ``baddbmm`` per layer keeps the kernel count low.
 
     Args:
         weights: ``[K, out_i, in_i]`` per layer; biases: ``[K, out_i]`` per layer.
@@ -130,16 +134,25 @@ def ensemble_mlp(
         compute_dtype: e.g. ``torch.bfloat16``: hidden layers run in that dtype (master
             weights and gradients stay in their own dtype); the last layer runs in the
             parameters' dtype so that Q values keep full precision for the TD error.
+        batched: force the ``baddbmm`` (True) or per-member (False) form; default: per
+            member on CPU, batched elsewhere.
     """
-    K = weights[0].shape[0]
     out_dtype = weights[-1].dtype
-    if compute_dtype is not None:
-        x = x.to(compute_dtype)
-    h = x.expand(K, *x.shape)
     last = len(weights) - 1
+    dtypes = [out_dtype if i == last else (compute_dtype or w.dtype) for i, w in enumerate(weights)]
+    if not (x.device.type != "cpu" if batched is None else batched):
+        members = []
+        for k in range(weights[0].shape[0]):
+            h = x
+            for i, (w, b) in enumerate(zip(weights, biases)):
+                h = F.linear(h.to(dtypes[i]), w[k].to(dtypes[i]), b[k].to(dtypes[i]))
+                if i < last:
+                    h = torch.relu_(h)
+            members.append(h)
+        return torch.stack(members)
+    h = x.expand(weights[0].shape[0], *x.shape)
     for i, (w, b) in enumerate(zip(weights, biases)):
-        dtype = out_dtype if i == last else (compute_dtype or w.dtype)
-        h = torch.baddbmm(b.to(dtype).unsqueeze(1), h.to(dtype), w.to(dtype).transpose(1, 2))
+        h = torch.baddbmm(b.to(dtypes[i]).unsqueeze(1), h.to(dtypes[i]), w.to(dtypes[i]).transpose(1, 2))
         if i < last:
             h = torch.relu_(h)
     return h

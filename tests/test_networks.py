@@ -42,3 +42,29 @@ def test_actor_deterministic_action_is_tanh_of_mean_within_bounds():
 def test_critic_depth_follows_n_hidden_layers():
     critic = make_critic(4, 2, hidden_dim=8, n_hidden_layers=5)
     assert sum(isinstance(m, torch.nn.Linear) for m in critic.modules()) == 6
+
+
+def test_ensemble_mlp_batched_and_per_member_forms_agree():
+    from cql_modules.networks import ensemble_mlp
+
+    torch.manual_seed(0)
+    K, R = 3, 50
+    shapes = [(16, 5), (16, 16), (1, 16)]
+    ws = [torch.randn(K, *s, requires_grad=True) for s in shapes]
+    bs = [torch.randn(K, s[0], requires_grad=True) for s in shapes]
+    x = torch.randn(R, 5)
+    grads = []
+    for batched in (True, False):
+        out = ensemble_mlp(ws, bs, x, batched=batched)
+        assert out.shape == (K, R, 1)
+        g = torch.autograd.grad(out.square().sum(), ws + bs)
+        grads.append((out.detach(), g))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        assert torch.allclose(a, b, atol=1e-4)
+    for k in range(K):  # member k is a plain MLP with its own weights
+        h = x
+        for i, (w, b) in enumerate(zip(ws, bs)):
+            h = h @ w[k].T + b[k]
+            h = torch.relu(h) if i < 2 else h
+        assert torch.allclose(grads[1][0][k], h.detach(), atol=1e-5)
