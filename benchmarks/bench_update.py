@@ -514,12 +514,13 @@ def _ratio(x) -> str:
 def render_table(res: dict) -> str:
     lines = [
         "| implementation | updates/s (median) | ratio vs torchrl CQLLoss | GFLOP/s | % of fp32 peak "
-        "| best round | median of quiet rounds (n) | others' CPU load (median) | ms/update | step peak tensor MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| best round | median of quiet rounds (n) | others' CPU load (median) | ms/update | step peak tensor MB "
+        "| % of bf16 peak |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["results"]:
         if r["status"] != "ok":
-            lines.append(f"| {r['name']} | {r['status']}: {r.get('error', '')[:100]} | | | | | | | | |")
+            lines.append(f"| {r['name']} | {r['status']}: {r.get('error', '')[:100]} | | | | | | | | | |")
             continue
         mem = r.get("memory") or {}
         name = r["name"] + (" *" if r["flops_accounting"] == "sac_minimal" else "")
@@ -531,7 +532,8 @@ def render_table(res: dict) -> str:
             f"| {_fmt(r['gflops_per_s'], '.1f')} | {_fmt(100 * frac if frac else None, '.1f')}% "
             f"| {_fmt(r['updates_per_s_best'])} | {_fmt(r['updates_per_s_quiet_median'])} ({r['quiet_rounds']}) "
             f"| {_fmt(100 * load if load is not None else None, '.0f')}% | {_fmt(r['ms_per_update_median'], '.1f')} "
-            f"| {_fmt(mem.get('step_increase_mb'), '.0f')} |"
+            f"| {_fmt(mem.get('step_increase_mb'), '.0f')} "
+            f"| {_fmt(100 * r['fraction_bf16_peak'] if r['fraction_bf16_peak'] else None, '.1f')}% |"
         )
     return "\n".join(lines)
 
@@ -761,12 +763,16 @@ def _main(args: argparse.Namespace) -> dict:
         print(f"fp32 bound: {pk * 1e9 / flops['cql_spec_minimal']:.1f} CQL updates/s at 100% of the fp32 peak")
     print(f"batch sampling alone: {result['sampling_ms_median']:.2f} ms; glibc allocator tuned by UpdateStep "
           f"(process-wide, so for every row): {machine['glibc_allocator_tuned']}")
-    loads = [f for r in records for f in r["foreign_load_rounds"] if f is not None] + [
-        f for f in peaks["foreign_load_start_end"] if f is not None]
-    if loads and max(loads) >= args.quiet_load:
-        print(f"WARNING: other processes used up to {100 * max(loads):.0f}% of the machine's CPU during this run "
-              f"(median {100 * statistics.median(loads):.0f}%): contended rounds and peaks are not comparable; "
-              f"prefer quiet-round medians / paired ratios, or rerun with --min-quiet-rounds")
+    loads = [f for r in records for f in r["foreign_load_rounds"] if f is not None]
+    busy = sum(f >= args.quiet_load for f in loads)
+    if busy:
+        print(f"WARNING: {busy} of {len(loads)} timed rounds ran while other processes used >= "
+              f"{100 * args.quiet_load:.0f}% of the machine's CPU (up to {100 * max(loads):.0f}%): such rounds are "
+              f"not comparable; prefer the quiet-round medians / paired ratios, or rerun with --min-quiet-rounds")
+    peak_loads = [f for f in peaks["foreign_load_start_end"] if f is not None]
+    if peak_loads and min(peak_loads) >= args.quiet_load:
+        print(f"WARNING: both matmul-peak measurements ran under contention ({[round(100 * f) for f in peak_loads]}% "
+              f"foreign load): the peaks are understated and the '% of peak' columns overstated")
     mem_method = next((r["memory"].get("method") for r in records if r.get("memory")), None)
     if mem_method:
         print(f"step memory via {mem_method}; process peak RSS so far (MB): " + ", ".join(
