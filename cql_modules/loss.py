@@ -401,7 +401,7 @@ class CQLLoss(LossModule):
         # ---- section 2: actor (critic parameters detached)
         obs_now_q = self._critic_obs(td)
         q_pi = self._q_values(self.qvalue_network_params.detach(), obs_now_q, a_pi[None])
-        loss_actor = alpha_d * logp_pi - q_pi[:, 0].min(0).values
+        loss_actor = alpha_d * logp_pi - q_pi[:, 0].amin(0)
         if self.bc_steps > 0:
             bc_logp = self._bc_log_prob(dist, action)
             loss_actor = torch.where(
@@ -412,7 +412,7 @@ class CQLLoss(LossModule):
         with torch.no_grad():
             next_q_td = self._critic_obs(td.get("next"))
             q_targ = self._q_values(self.target_qvalue_network_params, next_q_td, a_target)  # [K, n_t, B]
-            q_targ_min = q_targ.min(0).values  # min over critics first ...
+            q_targ_min = q_targ.amin(0)  # min over critics first ...
             if self.max_target_backup:
                 v_next, idx = q_targ_min.max(0)  # ... then max over actions
                 logp_v = logp_target.gather(0, idx[None]).squeeze(0)
@@ -460,7 +460,7 @@ class CQLLoss(LossModule):
         loss_qvalue = (td_loss + penalty).sum(0)  # [B]
 
         # ---- write-back and outputs
-        td_error = (q_data.detach() - y).abs().max(0).values
+        td_error = (q_data.detach() - y).abs().amax(0)
         tensordict.set(keys.priority, td_error.reshape(batch_shape))
         if self.training:
             self.n_updates.add_(1)

@@ -13,8 +13,8 @@ TESTS = ["tests/test_loss_formula.py", "tests/test_loss_defects.py", "tests/test
 muts = [
  ("cql_modules/loss.py", "q_next_b - logp_next", "q_next_b + logp_next"),
  ("cql_modules/loss.py", "self.temperature * torch.logsumexp(x / self.temperature", "torch.logsumexp(x"),
- ("cql_modules/loss.py", "q_targ_min = q_targ.min(0).values", "q_targ_min = q_targ.max(0).values"),
- ("cql_modules/loss.py", "q_pi[:, 0].min(0).values", "q_pi[:, 0].max(0).values"),
+ ("cql_modules/loss.py", "q_targ_min = q_targ.amin(0)", "q_targ_min = q_targ.amax(0)"),
+ ("cql_modules/loss.py", "q_pi[:, 0].amin(0)", "q_pi[:, 0].amax(0)"),
  ("cql_modules/loss.py", "penalty = alpha_prime.detach() * self.cql_alpha * shifted", "penalty = self.cql_alpha * shifted"),
  ("cql_modules/loss.py", "shifted.detach().sum(0)", "shifted.sum(0)"),
  ("cql_modules/loss.py", "q_rand - self.uniform_log_density", "q_rand + self.uniform_log_density"),
