@@ -31,6 +31,8 @@ muts = [
  ("cql_modules/loss.py", "return self.log_alpha.exp() * self.alpha_multiplier", "return self.log_alpha.exp()"),
  ("cql_modules/loss.py", "-0.5 * alpha_prime", "-1.0 * alpha_prime"),
  ("cql_modules/loss.py", "a_next, logp_next = actions[n_target:, 1]", "a_next, logp_next = actions[n_target:, 0]"),
+ ("cql_modules/loss.py", "self._q_values(self.qvalue_network_params.detach(), obs_now_q", "self._q_values(self.qvalue_network_params, obs_now_q"),
+ ("cql_modules/loss.py", "(logp_pi + self.target_entropy).detach()", "(logp_pi + self.target_entropy)"),
  ("cql_modules/networks.py", "gain=math.sqrt(2)", "gain=1.0"),
  ("cql_modules/networks.py", ".clamp(-20.0, 2.0)", ".clamp(-20.0, 0.5)"),
  ("cql_modules/loss.py", "x.expand(*lead, x.shape[-1])", "x.expand(*lead, x.shape[-1]).flip(-2)"),
