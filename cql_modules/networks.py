@@ -17,7 +17,7 @@ from tensordict.nn import TensorDictModule
 from torch import nn
 from torch.nn import functional as F
 from torchrl.data import Bounded
-from torchrl.modules import ProbabilisticActor, TanhNormal, ValueOperator
+from torchrl.modules import MLP as TorchRLMLP, ProbabilisticActor, TanhNormal, ValueOperator
 
 __all__ = [
     "MLP",
@@ -102,8 +102,6 @@ def is_relu_mlp(module: nn.Module) -> bool:
     """True for a ``Sequential`` of alternating ``Linear``/``ReLU`` ending in a ``Linear``
     whose forward concatenates its inputs (this module's :class:`MLP`, TorchRL's ``MLP``
     with ``activation_class=nn.ReLU``): such critics take :func:`ensemble_mlp`."""
-    from torchrl.modules import MLP as TorchRLMLP
-
     if not isinstance(module, (MLP, TorchRLMLP)):
         return False
     kids = list(module.children())
@@ -140,7 +138,9 @@ def ensemble_mlp(
     out_dtype = weights[-1].dtype
     last = len(weights) - 1
     dtypes = [out_dtype if i == last else (compute_dtype or w.dtype) for i, w in enumerate(weights)]
-    if not (x.device.type != "cpu" if batched is None else batched):
+    if batched is None:
+        batched = x.device.type != "cpu"
+    if not batched:
         members = []
         for k in range(weights[0].shape[0]):
             h = x
