@@ -64,6 +64,7 @@ OUR_MODES: dict[str, dict[str, dict]] = {
     "bf16-critic": {"loss": {"critic_compute_dtype": torch.bfloat16}},
     "compile-bf16-critic": {"loss": {"critic_compute_dtype": torch.bfloat16}, "step": {"compile": True}},
     "eager-foreach-adam": {"optimizer": {"fused": False}},
+    "eager-autograd-critic": {"loss": {"fused_critic": False}},
     # UpdateStep's glibc tuning is process-wide: this row is "stock malloc" only when it is
     # the only row of the run (--modes eager-stock-malloc --baselines ...).
     "eager-stock-malloc": {"step": {"tune_allocator": False}},

@@ -28,6 +28,7 @@ from torch.func import functional_call, vmap
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import _reduce, distance_loss
 
+from cql_modules.fused_critic import FusedCriticConfig, FusedCriticGrad
 from cql_modules.networks import ensemble_mlp, is_relu_mlp
 
 __all__ = ["CQLLoss"]
@@ -85,6 +86,11 @@ class CQLLoss(LossModule):
             ``"bfloat16"``) for the critic ensemble's hidden layers, where nearly all
             FLOPs are. Master weights, gradients, the last layer and every loss formula
             stay in full precision. Off by default: check learning before using it.
+        fused_critic: compute the critic loss's gradient block by block with
+            :class:`cql_modules.fused_critic.FusedCriticGrad` (same values and
+            gradients, far less memory traffic). ``None`` (default): on for ReLU-MLP
+            critics on CPU with a ``"mean"``/``"sum"`` reduction and full precision;
+            ``False``: plain autograd; ``True``: on wherever it applies.
 
     The output holds ``loss_actor``, ``loss_qvalue``, ``loss_alpha`` (and
     ``loss_alpha_prime`` with ``lagrange``), to be summed and back-propagated once, plus
@@ -174,6 +180,7 @@ class CQLLoss(LossModule):
         loss_function: str = "l2",
         reduction: str = "mean",
         critic_compute_dtype: torch.dtype | str | None = None,
+        fused_critic: bool | None = None,
     ) -> None:
         super().__init__()
         if num_qvalue_nets < 1:
@@ -284,6 +291,9 @@ class CQLLoss(LossModule):
             if not isinstance(critic_compute_dtype, torch.dtype):
                 raise ValueError("critic_compute_dtype must name a torch float dtype, e.g. 'bfloat16'")
         self.critic_compute_dtype = critic_compute_dtype
+        self.fused_critic = fused_critic
+        # rows per block of the fused critic pass: activations of a block stay in L2
+        self.fused_block_rows = 2048
         # Update counter for the BC warm-up; a buffer so that it is checkpointed.
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.long))
 
@@ -333,13 +343,7 @@ class CQLLoss(LossModule):
         ``[*lead, B, A]`` and the observations are broadcast over ``lead``.
         """
         lead = action.shape[:-1]
-        inputs = []
-        for key in self.qvalue_network.in_keys:
-            if key == self.tensor_keys.action:
-                inputs.append(action)
-            else:
-                x = obs_td.get(key)
-                inputs.append(x.expand(*lead, x.shape[-1]))
+        inputs = self._critic_inputs(obs_td, action)
         if self._fast_critic:
             x = torch.cat(inputs, dim=-1) if len(inputs) > 1 else inputs[0]
             weights = [params.get(k) for k in self._q_weight_keys]
@@ -356,6 +360,44 @@ class CQLLoss(LossModule):
         with torch.autocast(action.device.type, dtype=dtype, enabled=dtype is not None):
             out = q(p).unsqueeze(0) if self.num_qvalue_nets == 1 else vmap(q)(p)
         return out.squeeze(-1).to(action.dtype)
+
+    def _critic_inputs(
+        self, obs_td: TensorDictBase, action: torch.Tensor, state_major: bool = False
+    ) -> list[torch.Tensor]:
+        """The critic's inputs in its ``in_keys`` order, the ``[B]`` observations broadcast
+        to ``action``'s leading dims: ``[*lead, B, A]``, or ``[B, M, A]`` if state-major."""
+        lead = action.shape[:-1]
+        inputs = []
+        for key in self.qvalue_network.in_keys:
+            if key == self.tensor_keys.action:
+                inputs.append(action)
+            else:
+                x = obs_td.get(key)
+                x = x[:, None] if state_major else x
+                inputs.append(x.expand(*lead, x.shape[-1]))
+        return inputs
+
+    def _fused_config(self) -> FusedCriticConfig:
+        # built per call: recipes switch options (e.g. calibration) between phases
+        return FusedCriticConfig(
+            num_actions=self.num_actions,
+            importance_sample=self.importance_sample,
+            temperature=self.temperature,
+            clip_diff_min=self.clip_diff_min,
+            clip_diff_max=self.clip_diff_max,
+            calibrated=self.calibrated,
+            loss_function=self.loss_function,
+            block_rows=self.fused_block_rows,
+        )
+
+    def _use_fused_critic(self) -> bool:
+        if self.fused_critic is False or not self._fast_critic or self.reduction == "none":
+            return False
+        if self.critic_compute_dtype is not None or not torch.is_grad_enabled():
+            return False
+        if torch.compiler.is_compiling():  # inductor fuses the plain graph itself
+            return False
+        return self.fused_critic is True or self.action_low.device.type == "cpu"
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -425,12 +467,32 @@ class CQLLoss(LossModule):
         # ---- section 4: Q at the dataset action and the 3N proposals, one batched call
         a_rand = self._sample_uniform((N, B))
         all_actions = torch.cat([action[None].to(a_rand.dtype), a_rand, a_next, a_cur], dim=0)  # [1+3N, B, A]
-        q_all = self._q_values(self.qvalue_network_params, obs_now_q, all_actions)  # [K, 1+3N, B]
+        mc = td.get(keys.mc_return).reshape(B).to(y.dtype) if self.calibrated else None
+        if self.lagrange:
+            alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
+            penalty_scale = alpha_prime.detach() * self.cql_alpha
+        else:
+            penalty_scale = torch.full((), self.cql_alpha, device=y.device, dtype=y.dtype)
+        carrier = None
+        if self._use_fused_critic():
+            # same Q values; the critic gradient is formed block by block (fused_critic.py)
+            log_density = torch.cat(
+                [torch.zeros_like(logp_next[:1]), self.uniform_log_density.expand(N, B), logp_next, logp_cur]
+            ).T  # [B, 1+3N]
+            x = torch.cat(self._critic_inputs(obs_now_q, all_actions.transpose(0, 1), state_major=True), dim=-1)
+            params = self.qvalue_network_params
+            q_sm, carrier = FusedCriticGrad.apply(
+                self._fused_config(), x.reshape(-1, x.shape[-1]), y, log_density, mc, penalty_scale,
+                1.0 / B if self.reduction == "mean" else 1.0,
+                *[params.get(k) for k in self._q_weight_keys], *[params.get(k) for k in self._q_bias_keys],
+            )
+            q_all = q_sm.transpose(1, 2)  # [K, 1+3N, B], no autograd graph
+        else:
+            q_all = self._q_values(self.qvalue_network_params, obs_now_q, all_actions)  # [K, 1+3N, B]
         q_data = q_all[:, 0]
         q_rand, q_next, q_cur = q_all[:, 1 : 1 + N], q_all[:, 1 + N : 1 + 2 * N], q_all[:, 1 + 2 * N :]
         metrics = {}
         if self.calibrated:
-            mc = td.get(keys.mc_return).reshape(B).to(q_all.dtype)
             with torch.no_grad():
                 for k in range(self.num_qvalue_nets):
                     metrics[f"bound_rate_cql_q{k + 1}_current_actions"] = (q_cur[k] < mc).float().mean()
@@ -449,9 +511,8 @@ class CQLLoss(LossModule):
         gap = (ood - q_data).clamp(self.clip_diff_min, self.clip_diff_max)  # [K, B]
 
         if self.lagrange:
-            alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
             shifted = gap - self.target_action_gap
-            penalty = alpha_prime.detach() * self.cql_alpha * shifted  # [K, B]
+            penalty = penalty_scale * shifted  # [K, B]
             loss_alpha_prime = -0.5 * alpha_prime * self.cql_alpha * shifted.detach().sum(0)  # [B]
         else:
             penalty = self.cql_alpha * gap
@@ -473,7 +534,7 @@ class CQLLoss(LossModule):
 
         out = {
             "loss_actor": red(loss_actor),
-            "loss_qvalue": red(loss_qvalue),
+            "loss_qvalue": red(loss_qvalue) if carrier is None else red(loss_qvalue) + carrier,
             "loss_alpha": red(loss_alpha),
         }
         if self.lagrange:

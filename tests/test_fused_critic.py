@@ -1,0 +1,77 @@
+"""The block-wise critic gradient (cql_modules/fused_critic.py) equals autograd's."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import make_batch, make_loss
+from test_loss_formula import CASES
+
+LOSS_FUNCTIONS = [("l1", dict(loss_function="l1")), ("smooth_l1", dict(loss_function="smooth_l1"))]
+
+
+def _grads(loss, td, fused: bool, seed: int = 0, scale: float = 1.0):
+    loss.fused_critic = fused
+    for p in loss.parameters():
+        p.grad = None
+    torch.manual_seed(seed)
+    out = loss(td.clone())
+    total = out["loss_actor"] + scale * out["loss_qvalue"] + out["loss_alpha"]
+    if "loss_alpha_prime" in out.keys():
+        total = total + out["loss_alpha_prime"]
+    total.backward()
+    grads = {n: p.grad.clone() for n, p in loss.named_parameters() if p.grad is not None}
+    return out, grads
+
+
+def _compare(loss, td, scale: float = 1.0, block_rows: int | None = None):
+    # in float64 the two paths agree to rounding: any formula difference shows
+    loss, td = loss.double(), td.double()
+    if block_rows is not None:
+        loss.fused_block_rows = block_rows
+    out_a, g_a = _grads(loss, td, fused=False, scale=scale)
+    out_f, g_f = _grads(loss, td, fused=True, scale=scale)
+    assert g_a.keys() == g_f.keys()
+    for name in g_a:
+        assert torch.allclose(g_f[name], g_a[name], rtol=1e-10, atol=1e-12), name
+    for key in out_a.keys():
+        assert torch.allclose(out_f[key], out_a[key], rtol=1e-10, atol=1e-12), key
+
+
+@pytest.mark.parametrize("name,kwargs", CASES + LOSS_FUNCTIONS, ids=[c[0] for c in CASES + LOSS_FUNCTIONS])
+def test_fused_critic_gradient_equals_autograd(name, kwargs):
+    # 3 layers so that every kind of layer (first, hidden, last) is exercised
+    loss = make_loss(layers=3, **kwargs)
+    with torch.no_grad():
+        loss.log_alpha.fill_(0.3) if loss.auto_alpha else None
+        if loss.lagrange:
+            loss.log_alpha_prime.fill_(1.1)
+    # small blocks: several blocks and a ragged last one
+    _compare(loss, make_batch(B=23), block_rows=5 * (1 + 3 * loss.num_actions))
+
+
+def test_fused_critic_sum_reduction_and_upstream_scale():
+    loss = make_loss(reduction="sum")
+    _compare(loss, make_batch(B=9), scale=0.37)
+
+
+def test_fused_critic_is_chosen_where_it_applies():
+    loss = make_loss()
+    assert loss._use_fused_critic()  # CPU, ReLU MLP, mean reduction
+    assert not make_loss(reduction="none")._use_fused_critic()
+    assert not make_loss(critic_compute_dtype="bfloat16")._use_fused_critic()
+    assert not make_loss(fused_critic=False)._use_fused_critic()
+    with torch.no_grad():
+        assert not loss._use_fused_critic()  # nothing to differentiate
+
+
+def test_fused_critic_calibration_ties_split_the_gradient_like_torch_maximum():
+    """Q == mc_return exactly: torch.maximum sends half of the gradient to each side."""
+    loss = make_loss(layers=3, calibrated=True)
+    last = loss._q_weight_keys[-1]
+    with torch.no_grad():
+        loss.qvalue_network_params.get(last).zero_()
+        loss.qvalue_network_params.get(loss._q_bias_keys[-1]).fill_(0.5)
+    td = make_batch(B=7)
+    td["mc_return"] = torch.full((7, 1), 0.5)
+    _compare(loss, td)
