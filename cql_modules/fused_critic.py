@@ -123,9 +123,11 @@ class FusedCriticGrad(torch.autograd.Function):
         w_t = [[W[k].t() for W in Ws] for k in range(K)]
         w_k = [[W[k] for W in Ws] for k in range(K)]
         b_k = [[b[k] for b in bs] for k in range(K)]
-        dW = [torch.zeros_like(W) for W in Ws]
+        # weight gradients accumulate transposed, [K, in, out]: h^T g is 2.5x faster than
+        # g^T h for the thin first layer (MKL, in = 23) and no slower elsewhere
+        dWt = [W.new_zeros(K, W.shape[2], W.shape[1]) for W in Ws]
         db = [torch.zeros_like(b) for b in bs]
-        dW_k = [[d[k] for d in dW] for k in range(K)]
+        dW_k = [[d[k] for d in dWt] for k in range(K)]
         db_k = [[d[k] for d in db] for k in range(K)]
         q = torch.empty(K, B, m, dtype=x.dtype, device=x.device)
 
@@ -154,7 +156,7 @@ class FusedCriticGrad(torch.autograd.Function):
                 g = dq[k].reshape(r, 1)
                 for i in range(n_layers - 1, -1, -1):
                     h_in = acts[k][i - 1][:r] if i > 0 else xb
-                    dW_k[k][i].addmm_(g.t(), h_in)
+                    dW_k[k][i].addmm_(h_in.t(), g)
                     db_k[k][i].addmv_(g.t(), ones[:r])
                     if i == 0:
                         break
@@ -165,7 +167,7 @@ class FusedCriticGrad(torch.autograd.Function):
                         torch.mm(g, w_k[k][i], out=buf)
                     thr_bwd(buf, h_in, 0, grad_input=buf)  # ReLU mask, in place
                     g = buf
-        ctx.grads = (*dW, *db)
+        ctx.grads = (*[d.transpose(1, 2).contiguous() for d in dWt], *db)
         ctx.mark_non_differentiable(q)
         return q, x.new_zeros(())
 
