@@ -120,56 +120,56 @@ class FusedCriticGrad(torch.autograd.Function):
         K, rows = Ws[0].shape[0], x.shape[0]
         m = 1 + 3 * cfg.num_actions
         B = rows // m
-        w_t = [[W[k].t() for W in Ws] for k in range(K)]
-        w_k = [[W[k] for W in Ws] for k in range(K)]
-        b_k = [[b[k] for b in bs] for k in range(K)]
-        # weight gradients accumulate transposed, [K, in, out]: h^T g is 2.5x faster than
-        # g^T h for the thin first layer (MKL, in = 23) and no slower elsewhere
-        dWt = [W.new_zeros(K, W.shape[2], W.shape[1]) for W in Ws]
-        db = [torch.zeros_like(b) for b in bs]
-        dW_k = [[d[k] for d in dWt] for k in range(K)]
-        db_k = [[d[k] for d in db] for k in range(K)]
-        q = torch.empty(K, B, m, dtype=x.dtype, device=x.device)
+        # Biases ride in the matmuls: every layer input carries a column of ones and
+        # every weight its bias as an extra row ([K, in + 1, out]). This saves addmm's
+        # bias copy in the forward and the bias-gradient reduction in the backward: the
+        # bias gradient is the extra row of the (transposed) weight gradient.
+        w_aug = [torch.cat([W.transpose(1, 2), b[:, None]], dim=1) for W, b in zip(Ws, bs)]
+        grad_aug = [torch.zeros_like(w) for w in w_aug]
+        q = torch.empty(K, rows, Ws[-1].shape[1], dtype=x.dtype, device=x.device)
+        x_aug = torch.cat([x, x.new_ones(rows, 1)], dim=1).expand(K, rows, x.shape[1] + 1)
 
         states = max(1, cfg.block_rows // m)
         cap = min(B, states) * m
         # Scratch reused by every block so that it stays cache-resident.
-        acts = [[x.new_empty(cap, W.shape[1]) for W in Ws[:-1]] for _ in range(K)]
+        acts = [x.new_empty(K, cap, W.shape[1] + 1) for W in Ws[:-1]]
+        for a in acts:
+            a[..., -1] = 1.0
         width = max(W.shape[2] for W in Ws[1:])
-        grads = [x.new_empty(cap, width), x.new_empty(cap, width)]
-        ones = x.new_ones(cap)
+        grads = [x.new_empty(K, cap, width), x.new_empty(K, cap, width)]
         thr_bwd = torch.ops.aten.threshold_backward.grad_input
         for s0 in range(0, B, states):
             s1 = min(B, s0 + states)
             r = (s1 - s0) * m
-            xb = x[s0 * m : s1 * m]
-            for k in range(K):
-                h = xb
-                for i in range(n_layers - 1):
-                    out = acts[k][i][:r]
-                    torch.addmm(b_k[k][i], h, w_t[k][i], out=out).relu_()
-                    h = out
-                torch.addmm(b_k[k][-1], h, w_t[k][-1], out=q[k, s0:s1].view(r, 1))
+            h = xb = x_aug[:, s0 * m : s1 * m]
+            for i in range(n_layers - 1):
+                h_next = acts[i][:, :r]
+                torch.bmm(h, w_aug[i], out=h_next[..., :-1]).relu_()
+                h = h_next
+            qb = q[:, s0 * m : s1 * m]
+            torch.bmm(h, w_aug[-1], out=qb)
             mc = mc_return[s0:s1] if mc_return is not None else None
-            dq = critic_loss_grad(q[:, s0:s1], y[s0:s1], log_density[s0:s1], mc, penalty_scale, weight, cfg)
-            for k in range(K):
-                g = dq[k].reshape(r, 1)
-                for i in range(n_layers - 1, -1, -1):
-                    h_in = acts[k][i - 1][:r] if i > 0 else xb
-                    dW_k[k][i].addmm_(h_in.t(), g)
-                    db_k[k][i].addmv_(g.t(), ones[:r])
-                    if i == 0:
-                        break
-                    buf = grads[i % 2][:r, : w_k[k][i].shape[1]]
-                    if g.shape[1] == 1:  # a 1-wide layer: an outer product, not a matmul
-                        torch.mul(g, w_k[k][i], out=buf)
-                    else:
-                        torch.mm(g, w_k[k][i], out=buf)
-                    thr_bwd(buf, h_in, 0, grad_input=buf)  # ReLU mask, in place
-                    g = buf
-        ctx.grads = (*[d.transpose(1, 2).contiguous() for d in dWt], *db)
+            dq = critic_loss_grad(qb.view(K, s1 - s0, m), y[s0:s1], log_density[s0:s1], mc,
+                                  penalty_scale, weight, cfg)
+            g = dq.view(K, r, 1)
+            for i in range(n_layers - 1, -1, -1):
+                h_in = acts[i - 1][:, :r] if i > 0 else xb
+                grad_aug[i].baddbmm_(h_in.transpose(1, 2), g)  # [K, in + 1, out]: weight^T and bias
+                if i == 0:
+                    break
+                buf = grads[i % 2][:, :r, : Ws[i].shape[2]]
+                if g.shape[-1] == 1:  # a 1-wide layer: an outer product, not a matmul
+                    torch.mul(g, Ws[i], out=buf)
+                else:
+                    torch.bmm(g, Ws[i], out=buf)
+                thr_bwd(buf, h_in[..., :-1], 0, grad_input=buf)  # ReLU mask, in place
+                g = buf
+        ctx.grads = (
+            *[ga[:, :-1].transpose(1, 2).contiguous() for ga in grad_aug],
+            *[ga[:, -1].contiguous() for ga in grad_aug],
+        )
         ctx.mark_non_differentiable(q)
-        return q, x.new_zeros(())
+        return q.view(K, B, m), x.new_zeros(())
 
     @staticmethod
     def backward(ctx, _grad_q, grad_carrier):
