@@ -39,6 +39,7 @@ class FusedCriticConfig:
     calibrated: bool
     loss_function: str
     block_rows: int = 2048
+    compute_dtype: torch.dtype | None = None  # hidden layers' dtype (bf16 mode), last layer stays
 
 
 def _td_grad(err: torch.Tensor, loss_function: str) -> torch.Tensor:
@@ -120,49 +121,60 @@ class FusedCriticGrad(torch.autograd.Function):
         K, rows = Ws[0].shape[0], x.shape[0]
         m = 1 + 3 * cfg.num_actions
         B = rows // m
+        # Like ensemble_mlp: hidden layers in compute_dtype, the last one (Q) in full precision;
+        # weight gradients accumulate in the parameters' dtype.
+        full = Ws[-1].dtype
+        dts = [cfg.compute_dtype or full] * (n_layers - 1) + [full]
         # Biases ride in the matmuls: every layer input carries a column of ones and
         # every weight its bias as an extra row ([K, in + 1, out]). This saves addmm's
         # bias copy in the forward and the bias-gradient reduction in the backward: the
         # bias gradient is the extra row of the (transposed) weight gradient.
-        w_aug = [torch.cat([W.transpose(1, 2), b[:, None]], dim=1) for W, b in zip(Ws, bs)]
-        grad_aug = [torch.zeros_like(w) for w in w_aug]
-        q = torch.empty(K, rows, Ws[-1].shape[1], dtype=x.dtype, device=x.device)
-        x_aug = torch.cat([x, x.new_ones(rows, 1)], dim=1).expand(K, rows, x.shape[1] + 1)
+        w_aug = [torch.cat([W.transpose(1, 2), b[:, None]], dim=1).to(dt) for W, b, dt in zip(Ws, bs, dts)]
+        w_dx = [W.to(dt) for W, dt in zip(Ws, dts)]
+        grad_aug = [torch.zeros(w.shape, dtype=full, device=x.device) for w in w_aug]
+        q = torch.empty(K, rows, Ws[-1].shape[1], dtype=full, device=x.device)
+        x_aug = torch.cat([x, x.new_ones(rows, 1)], dim=1).to(dts[0]).expand(K, rows, x.shape[1] + 1)
 
         states = max(1, cfg.block_rows // m)
         cap = min(B, states) * m
         # Scratch reused by every block so that it stays cache-resident.
-        acts = [x.new_empty(K, cap, W.shape[1] + 1) for W in Ws[:-1]]
+        acts = [torch.empty(K, cap, W.shape[1] + 1, dtype=dt, device=x.device) for W, dt in zip(Ws[:-1], dts)]
         for a in acts:
             a[..., -1] = 1.0
         width = max(W.shape[2] for W in Ws[1:])
-        grads = [x.new_empty(K, cap, width), x.new_empty(K, cap, width)]
+        grads = [torch.empty(K, cap, width, dtype=dts[0], device=x.device) for _ in range(2)]
         thr_bwd = torch.ops.aten.threshold_backward.grad_input
         for s0 in range(0, B, states):
             s1 = min(B, s0 + states)
             r = (s1 - s0) * m
-            h = xb = x_aug[:, s0 * m : s1 * m]
+            xb = x_aug[:, s0 * m : s1 * m]
+            ins = [xb]  # the input of each layer, in that layer's dtype
             for i in range(n_layers - 1):
-                h_next = acts[i][:, :r]
-                torch.bmm(h, w_aug[i], out=h_next[..., :-1]).relu_()
-                h = h_next
+                h = acts[i][:, :r]
+                torch.bmm(ins[i], w_aug[i], out=h[..., :-1]).relu_()
+                ins.append(h if dts[i + 1] == dts[i] else h.to(dts[i + 1]))
             qb = q[:, s0 * m : s1 * m]
-            torch.bmm(h, w_aug[-1], out=qb)
+            torch.bmm(ins[-1], w_aug[-1], out=qb)
             mc = mc_return[s0:s1] if mc_return is not None else None
             dq = critic_loss_grad(qb.view(K, s1 - s0, m), y[s0:s1], log_density[s0:s1], mc,
                                   penalty_scale, weight, cfg)
             g = dq.view(K, r, 1)
             for i in range(n_layers - 1, -1, -1):
-                h_in = acts[i - 1][:, :r] if i > 0 else xb
-                grad_aug[i].baddbmm_(h_in.transpose(1, 2), g)  # [K, in + 1, out]: weight^T and bias
+                g = g.to(dts[i])
+                if dts[i] == full:
+                    grad_aug[i].baddbmm_(ins[i].transpose(1, 2), g)  # [K, in + 1, out]: weight^T and bias
+                else:
+                    grad_aug[i].add_(torch.bmm(ins[i].transpose(1, 2), g))
                 if i == 0:
                     break
-                buf = grads[i % 2][:, :r, : Ws[i].shape[2]]
+                buf = grads[i % 2][:, :r, : Ws[i].shape[2]]  # in the dtype of layer i - 1
                 if g.shape[-1] == 1:  # a 1-wide layer: an outer product, not a matmul
-                    torch.mul(g, Ws[i], out=buf)
+                    torch.mul(g, w_dx[i], out=buf)
+                elif buf.dtype == g.dtype:
+                    torch.bmm(g, w_dx[i], out=buf)
                 else:
-                    torch.bmm(g, Ws[i], out=buf)
-                thr_bwd(buf, h_in[..., :-1], 0, grad_input=buf)  # ReLU mask, in place
+                    buf.copy_(torch.bmm(g, w_dx[i]))
+                thr_bwd(buf, acts[i - 1][:, :r, :-1], 0, grad_input=buf)  # ReLU mask, in place
                 g = buf
         ctx.grads = (
             *[ga[:, :-1].transpose(1, 2).contiguous() for ga in grad_aug],

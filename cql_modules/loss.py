@@ -89,8 +89,8 @@ class CQLLoss(LossModule):
         fused_critic: compute the critic loss's gradient block by block with
             :class:`cql_modules.fused_critic.FusedCriticGrad` (same values and
             gradients, far less memory traffic). ``None`` (default): on for ReLU-MLP
-            critics on CPU with a ``"mean"``/``"sum"`` reduction and full precision;
-            ``False``: plain autograd; ``True``: on wherever it applies.
+            critics on CPU with a ``"mean"``/``"sum"`` reduction (also with
+            ``critic_compute_dtype``); ``False``: plain autograd; ``True``: on wherever it applies.
 
     The output holds ``loss_actor``, ``loss_qvalue``, ``loss_alpha`` (and
     ``loss_alpha_prime`` with ``lagrange``), to be summed and back-propagated once, plus
@@ -388,12 +388,13 @@ class CQLLoss(LossModule):
             calibrated=self.calibrated,
             loss_function=self.loss_function,
             block_rows=self.fused_block_rows,
+            compute_dtype=self.critic_compute_dtype,
         )
 
     def _use_fused_critic(self) -> bool:
         if self.fused_critic is False or not self._fast_critic or self.reduction == "none":
             return False
-        if self.critic_compute_dtype is not None or not torch.is_grad_enabled():
+        if not torch.is_grad_enabled():
             return False
         if torch.compiler.is_compiling():  # inductor fuses the plain graph itself
             return False
