@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = ["tests/test_loss_formula.py", "tests/test_loss_defects.py", "tests/test_networks.py"]
+TESTS = ["tests/test_loss_formula.py", "tests/test_loss_defects.py", "tests/test_networks.py", "tests/test_fused_critic.py"]
 muts = [
  ("cql_modules/loss.py", "q_next_b - logp_next", "q_next_b + logp_next"),
  ("cql_modules/loss.py", "self.temperature * torch.logsumexp(x / self.temperature", "torch.logsumexp(x"),
  ("cql_modules/loss.py", "q_targ_min = q_targ.amin(0)", "q_targ_min = q_targ.amax(0)"),
  ("cql_modules/loss.py", "q_pi[:, 0].amin(0)", "q_pi[:, 0].amax(0)"),
- ("cql_modules/loss.py", "penalty = alpha_prime.detach() * self.cql_alpha * shifted", "penalty = self.cql_alpha * shifted"),
+ ("cql_modules/loss.py", "penalty_scale = alpha_prime.detach() * self.cql_alpha", "penalty_scale = torch.tensor(self.cql_alpha)"),
  ("cql_modules/loss.py", "shifted.detach().sum(0)", "shifted.sum(0)"),
  ("cql_modules/loss.py", "q_rand - self.uniform_log_density", "q_rand + self.uniform_log_density"),
  ("cql_modules/loss.py", "(~terminated.bool())", "(terminated.bool() | True)"),
@@ -36,6 +36,15 @@ muts = [
  ("cql_modules/networks.py", "gain=math.sqrt(2)", "gain=1.0"),
  ("cql_modules/networks.py", ".clamp(-20.0, 2.0)", ".clamp(-20.0, 0.5)"),
  ("cql_modules/loss.py", "x.expand(*lead, x.shape[-1])", "x.expand(*lead, x.shape[-1]).flip(-2)"),
+ # the fused critic gradient (cql_modules/fused_critic.py)
+ ("cql_modules/fused_critic.py", "return 2.0 * err", "return err"),
+ ("cql_modules/fused_critic.py", "soft = torch.exp(z - lse[..., None])", "soft = torch.exp(z)"),
+ ("cql_modules/fused_critic.py", "x = props - log_density[None, :, 1:]", "x = props + log_density[None, :, 1:]"),
+ ("cql_modules/fused_critic.py", "(penalty_scale * weight) * inside.to(q.dtype)", "(penalty_scale * weight)"),
+ ("cql_modules/fused_critic.py", "d_data = d[..., 0] - coef", "d_data = -coef"),
+ ("cql_modules/fused_critic.py", "(pol > mc).to(q.dtype) + 0.5 * (pol == mc).to(q.dtype)", "(pol >= mc).to(q.dtype)"),
+ ("cql_modules/fused_critic.py", "thr_bwd(buf, acts[i - 1][:, :r, :-1], 0, grad_input=buf)", "buf"),
+ ("cql_modules/fused_critic.py", "gap = tau * lse - q_data", "gap = lse - q_data"),
 ]
 missed = 0
 for f, a, b in muts:
