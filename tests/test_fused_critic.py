@@ -7,7 +7,12 @@ import torch
 from helpers import make_batch, make_loss
 from test_loss_formula import CASES
 
-LOSS_FUNCTIONS = [("l1", dict(loss_function="l1")), ("smooth_l1", dict(loss_function="smooth_l1"))]
+EXTRA = [
+    ("l1", {"loss_function": "l1"}),
+    ("smooth_l1", {"loss_function": "smooth_l1"}),
+    # the clamp mask with tau != 1 (some states clipped, some not)
+    ("temperature_clip", {"temperature": 0.5, "clip_diff_min": 2.5, "clip_diff_max": 4.0}),
+]
 
 
 def _grads(loss, td, fused: bool, seed: int = 0, scale: float = 1.0):
@@ -38,12 +43,13 @@ def _compare(loss, td, scale: float = 1.0, block_rows: int | None = None):
         assert torch.allclose(out_f[key], out_a[key], rtol=1e-10, atol=1e-12), key
 
 
-@pytest.mark.parametrize("name,kwargs", CASES + LOSS_FUNCTIONS, ids=[c[0] for c in CASES + LOSS_FUNCTIONS])
+@pytest.mark.parametrize("name,kwargs", CASES + EXTRA, ids=[c[0] for c in CASES + EXTRA])
 def test_fused_critic_gradient_equals_autograd(name, kwargs):
     # 3 layers so that every kind of layer (first, hidden, last) is exercised
     loss = make_loss(layers=3, **kwargs)
     with torch.no_grad():
-        loss.log_alpha.fill_(0.3) if loss.auto_alpha else None
+        if loss.auto_alpha:
+            loss.log_alpha.fill_(0.3)
         if loss.lagrange:
             loss.log_alpha_prime.fill_(1.1)
     # small blocks: several blocks and a ragged last one
