@@ -185,6 +185,5 @@ class FusedCriticGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, _grad_q, grad_carrier):
-        grads = tuple(g.mul_(grad_carrier) for g in ctx.grads)
-        del ctx.grads
-        return (None,) * 7 + grads
+        # not in place: a retained graph may run this backward again
+        return (None,) * 7 + tuple(g * grad_carrier for g in ctx.grads)

@@ -100,3 +100,13 @@ def test_bf16_fused_critic_gradients_match_bf16_autograd():
         if "qvalue" in name:
             assert rel(fused[name], plain[name]) < 1e-2, name
             assert rel(fused[name], g) < 6e-2 and rel(plain[name], g) < 6e-2, name
+
+
+def test_fused_critic_backward_twice_with_retained_graph():
+    loss = make_loss()
+    out = loss(make_batch())
+    out["loss_qvalue"].backward(retain_graph=True)
+    first = [p.grad.clone() for p in loss.qvalue_network_params.values(True, True)]
+    out["loss_qvalue"].backward()
+    for g1, p in zip(first, loss.qvalue_network_params.values(True, True)):
+        assert torch.allclose(p.grad, 2 * g1)
