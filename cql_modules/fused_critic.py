@@ -141,7 +141,7 @@ class FusedCriticGrad(torch.autograd.Function):
         acts = [torch.empty(K, cap, W.shape[1] + 1, dtype=dt, device=x.device) for W, dt in zip(Ws[:-1], dts)]
         for a in acts:
             a[..., -1] = 1.0
-        width = max(W.shape[2] for W in Ws[1:])
+        width = max((W.shape[2] for W in Ws[1:]), default=0)  # 0: a single Linear critic
         grads = [torch.empty(K, cap, width, dtype=dts[0], device=x.device) for _ in range(2)]
         thr_bwd = torch.ops.aten.threshold_backward.grad_input
         for s0 in range(0, B, states):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cql_modules import CQLLoss
 from helpers import make_batch, make_loss
 from test_loss_formula import CASES
 
@@ -110,3 +111,16 @@ def test_fused_critic_backward_twice_with_retained_graph():
     out["loss_qvalue"].backward()
     for g1, p in zip(first, loss.qvalue_network_params.values(True, True)):
         assert torch.allclose(p.grad, 2 * g1)
+
+
+def test_fused_critic_single_linear_layer_critic():
+    """A TorchRL MLP of depth 0 (one Linear) is a ReLU MLP too: fused equals autograd."""
+    from torchrl.modules import MLP, ValueOperator
+
+    from cql_modules import make_actor
+
+    torch.manual_seed(0)
+    critic = ValueOperator(MLP(in_features=5, out_features=1, depth=0, num_cells=[]), in_keys=["observation", "action"])
+    loss = CQLLoss(make_actor(3, 2, hidden_dim=8), critic, num_actions=3)
+    assert loss._use_fused_critic()
+    _compare(loss, make_batch(B=9))
