@@ -5,7 +5,7 @@ Times, in one process, alternating implementations round by round (so that the n
 shared cores hits every implementation alike) and reporting medians of the per-round
 rates:
 
-* ``ours:<mode>``  this project's ``CQLLoss`` stepped by ``cql_modules.update.UpdateStep``
+* ``ours:<mode>``  this project's ``CQLLoss`` stepped by ``cql_modules.train.update.UpdateStep``
   (one row per mode of ``OUR_MODES`` selected with ``--modes``);
 * ``torchrl-cql``  ``torchrl.objectives.CQLLoss`` set up and stepped like TorchRL's own
   ``sota-implementations/cql/cql_offline.py`` (three Adams grouped, ``loss_actor`` /
@@ -276,7 +276,7 @@ def _allocator_tuned() -> bool | None:
     """Whether cql_modules' process-wide glibc tuning (UpdateStep) ran in this process:
     then every row, baselines included, ran with it."""
     try:
-        from cql_modules.update import tune_cpu_allocator
+        from cql_modules.train.update import tune_cpu_allocator
     except ImportError:
         return None
     info = getattr(tune_cpu_allocator, "cache_info", None)
@@ -384,7 +384,7 @@ def _accepts(fn, kwargs: dict) -> list[str]:
 
 def build_ours(mode: str, args, device, rb):
     from cql_modules import CQLLoss
-    from cql_modules.update import UpdateStep, make_optimizer
+    from cql_modules.train.update import UpdateStep, make_optimizer
 
     mode_kwargs = OUR_MODES[mode]
     bad = [c for c in mode_kwargs if c not in MODE_COMPONENTS]

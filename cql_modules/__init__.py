@@ -7,8 +7,8 @@ from cql_modules.data import (
     make_env,
     normalized_score,
 )
-from cql_modules.loss import CQLLoss
-from cql_modules.networks import MLP, bounded_action_spec, make_actor, make_critic
+from cql_modules.objectives.cql import CQLLoss
+from cql_modules.modules import MLP, bounded_action_spec, make_actor, make_critic
 
 __all__ = [
     "CQLLoss",

@@ -51,7 +51,7 @@ from torchrl.envs.utils import ExplorationType
 
 from cql_modules import training as T
 from cql_modules.data import DatasetError, DatasetInfo, keys, make_env, make_replay_buffer, return_to_go
-from cql_modules.evaluation import (
+from cql_modules.train.evaluation import (
     SUCCESS_KEYS,  # the success-reading pieces live with the evaluation (re-exported here)
     SuccessInfoReader,
     add_success_reader,

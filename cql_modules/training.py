@@ -42,9 +42,9 @@ import torch
 from tensordict import TensorDictBase
 
 from cql_modules.data import DatasetError, dataset_problem, load_dataset, make_env
-from cql_modules.loss import CQLLoss
-from cql_modules.networks import bounded_action_spec, make_actor, make_critic
-from cql_modules.update import LOSS_KEYS, UpdateStep, make_optimizer
+from cql_modules.objectives.cql import CQLLoss
+from cql_modules.modules import bounded_action_spec, make_actor, make_critic
+from cql_modules.train.update import LOSS_KEYS, UpdateStep, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -632,7 +632,7 @@ def make_eval_env(c: OfflineConfig, info: Any, device: torch.device | str = "cpu
 def build_learner(c: OfflineConfig, info: Any, device: torch.device | str = "cpu", *,
                   update_cls: type = UpdateStep):
     """``(actor, loss, update_step)`` from the config: CORL's networks, :class:`CQLLoss`, Adam
-    and ``update_cls`` (:class:`~cql_modules.update.UpdateStep` or a subclass: one backward,
+    and ``update_cls`` (:class:`~cql_modules.train.update.UpdateStep` or a subclass: one backward,
     one Adam step, Polyak targets)."""
     obs_dim, act_dim = info.observation_space.shape[0], info.action_space.shape[0]
     action_spec = bounded_action_spec(act_dim, info.action_space.low, info.action_space.high)
@@ -652,14 +652,14 @@ def build_learner(c: OfflineConfig, info: Any, device: torch.device | str = "cpu
 
 def open_run(c: OfflineConfig, run_dir: str | os.PathLike, info: Any, loss: torch.nn.Module, update: Any,
              replay_buffer: Any = None):
-    """The run's :class:`~cql_modules.logging.RunLogger` and, with ``resume=true``, the last
+    """The run's :class:`~cql_modules.train.run_logger.RunLogger` and, with ``resume=true``, the last
     checkpoint (``checkpoint.load_from`` or the run dir) restored into ``loss`` / ``update``
     (parameters, optimizer, counters, RNG) after checking it was trained on the same data.
 
     Returns ``(run_logger, extra, checkpoint_path)``: the checkpoint's ``extra`` dict and
     path, or ``(run_logger, None, None)`` when starting fresh.
     """
-    from cql_modules.logging import RunLogger  # cql_modules.logging imports this module
+    from cql_modules.train.run_logger import RunLogger  # cql_modules.train.run_logger imports this module
 
     run_dir = Path(run_dir)
     resume_from = find_checkpoint(c.checkpoint.load_from or run_dir, subdir=c.checkpoint.dir) if c.resume else None

@@ -37,9 +37,9 @@ from tqdm.auto import tqdm
 from cql_modules import CQLLoss
 from cql_modules import online as O
 from cql_modules import training as T
-from cql_modules.evaluation import env_success_keys, evaluate, score_regret
-from cql_modules.logging import RunLogger
-from cql_modules.update import UpdateStep
+from cql_modules.train.evaluation import env_success_keys, evaluate, score_regret
+from cql_modules.train.run_logger import RunLogger
+from cql_modules.train.update import UpdateStep
 
 log = logging.getLogger("finetune_cql")
 O.register_finetune_configs()

@@ -24,9 +24,9 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from cql_modules import training as T
-from cql_modules.evaluation import evaluate
-from cql_modules.logging import record_failure
-from cql_modules.update import UpdateStep
+from cql_modules.train.evaluation import evaluate
+from cql_modules.train.run_logger import record_failure
+from cql_modules.train.update import UpdateStep
 
 log = logging.getLogger("offline_cql")
 T.register_configs()

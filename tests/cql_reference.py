@@ -2,7 +2,7 @@
 
 It reads the networks' weights as plain tensors and evaluates every critic with its own
 explicit matmuls, one critic and one proposal at a time: nothing is shared with
-``cql_modules.loss`` except the random samples, which the tests record from the loss
+``cql_modules.objectives.cql`` except the random samples, which the tests record from the loss
 (``record_samples``) so that both sides see the same actions.
 """
 from __future__ import annotations

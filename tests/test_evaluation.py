@@ -9,7 +9,7 @@ from tensordict import TensorDict
 from torchrl.envs import GymWrapper
 
 from cql_modules import bounded_action_spec, make_actor
-from cql_modules.evaluation import EvalResult, evaluate, normalized_score, regret, score_regret
+from cql_modules.train.evaluation import EvalResult, evaluate, normalized_score, regret, score_regret
 
 
 class Countdown(gym.Env):

@@ -1,4 +1,4 @@
-"""The block-wise critic gradient (cql_modules/fused_critic.py) equals autograd's."""
+"""The block-wise critic gradient (cql_modules/objectives/fused.py) equals autograd's."""
 from __future__ import annotations
 
 import pytest

@@ -10,14 +10,14 @@ from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.objectives import SoftUpdate
 
-import cql_modules.loss
-import cql_modules.networks
+import cql_modules.objectives.cql
+import cql_modules.modules
 from cql_modules import CQLLoss, make_actor, make_critic
 from helpers import ACT, OBS, make_batch, make_loss
 
 
 def test_docstring_examples_run():
-    for mod in (cql_modules.loss, cql_modules.networks):
+    for mod in (cql_modules.objectives.cql, cql_modules.modules):
         res = doctest.testmod(mod)
         assert res.failed == 0 and res.attempted > 0, mod.__name__
 

@@ -8,7 +8,7 @@ from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from cql_modules import bounded_action_spec, make_actor, make_critic
-from cql_modules.networks import TanhGaussianHead
+from cql_modules.modules import TanhGaussianHead
 
 
 def test_head_log_std_is_clamped_to_corl_range():
@@ -45,7 +45,7 @@ def test_critic_depth_follows_n_hidden_layers():
 
 
 def test_ensemble_mlp_batched_and_per_member_forms_agree():
-    from cql_modules.networks import ensemble_mlp
+    from cql_modules.modules import ensemble_mlp
 
     torch.manual_seed(0)
     K, R = 3, 50

@@ -27,7 +27,7 @@ from cql_modules.online import (
     validate_finetune_config,
 )
 from cql_modules.training import ConfigError
-from cql_modules.update import UpdateStep, make_optimizer
+from cql_modules.train.update import UpdateStep, make_optimizer
 
 GAMMA = 0.5
 EP_LEN = 4  # online episodes (max_episode_steps) in these tests

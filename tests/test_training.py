@@ -14,7 +14,7 @@ from torchrl.data import LazyTensorStorage, RandomSampler, TensorDictReplayBuffe
 
 from cql_modules import CQLLoss, bounded_action_spec, make_actor, make_critic
 from cql_modules import training as T
-from cql_modules.update import UpdateStep, make_optimizer
+from cql_modules.train.update import UpdateStep, make_optimizer
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -28,8 +28,8 @@ from torch.func import functional_call, vmap
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import _reduce, distance_loss
 
-from cql_modules.fused_critic import FusedCriticConfig, FusedCriticGrad
-from cql_modules.networks import ensemble_mlp, is_relu_mlp
+from cql_modules.objectives.fused import FusedCriticConfig, FusedCriticGrad
+from cql_modules.modules import ensemble_mlp, is_relu_mlp
 
 __all__ = ["CQLLoss"]
 
@@ -87,7 +87,7 @@ class CQLLoss(LossModule):
             FLOPs are. Master weights, gradients, the last layer and every loss formula
             stay in full precision. Off by default: check learning before using it.
         fused_critic: compute the critic loss's gradient block by block with
-            :class:`cql_modules.fused_critic.FusedCriticGrad` (same values and
+            :class:`cql_modules.objectives.fused.FusedCriticGrad` (same values and
             gradients, far less memory traffic). ``None`` (default): on for ReLU-MLP
             critics on CPU with a ``"mean"``/``"sum"`` reduction (also with
             ``critic_compute_dtype``); ``False``: plain autograd; ``True``: on wherever it applies.

@@ -5,7 +5,7 @@ second critic ignores ``q_n_hidden_layers`` and its actor never receives the ort
 init. Here every network is built by the same :class:`MLP`, whose
 ``reset_parameters`` applies the spec's init, so the actor and *every* critic of the
 ensemble get the same depth and init (``CQLLoss`` re-runs ``reset_parameters`` on each
-ensemble copy, see ``cql_modules.loss``).
+ensemble copy, see ``cql_modules.objectives.cql``).
 """
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ def _as_spec(action_spec: Bounded | int) -> Bounded:
     if not hasattr(action_spec, "space") or not hasattr(action_spec.space, "low"):
         raise TypeError(
             f"action_spec must be a bounded TorchRL spec or an int, got {type(action_spec).__name__}; "
-            "build one with cql_modules.networks.bounded_action_spec(dim, low, high)"
+            "build one with cql_modules.modules.bounded_action_spec(dim, low, high)"
         )
     return action_spec
 

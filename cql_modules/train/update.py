@@ -17,7 +17,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives import SoftUpdate
 
-from cql_modules.loss import CQLLoss
+from cql_modules.objectives.cql import CQLLoss
 
 __all__ = ["make_optimizer", "UpdateStep", "LOSS_KEYS", "tune_cpu_allocator"]
 
