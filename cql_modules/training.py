@@ -9,14 +9,8 @@ Nothing here knows about a particular recipe; a recipe strings the pieces togeth
   device and syncs with the host once per logging interval; its sums double as the
   NaN/inf guard (a sum is finite iff every summand is), raising
   :class:`NonFiniteLossError` naming the loss term;
-* RNG state capture / restore (torch CPU + CUDA, numpy, python, the replay buffer's own
-  generator if it has one) and :func:`preserve_rng` so that evaluation never moves the
-  training random stream;
-* checkpoints: :func:`training_state` / :func:`load_training_state` (parameters, target
-  networks, optimizer, temperatures, update counters, normalizer, RNG) and
-  :func:`save_checkpoint` / :func:`load_checkpoint` (atomic: temp file + ``os.replace``);
-* :class:`LastGoodState`: the state at the last finite logging boundary, written out when
-  the guard fires;
+* RNG, checkpoints, :class:`LastGoodState` and the data fingerprint live in
+  :mod:`cql_modules.train.state` (imported here for the recipes);
 * :func:`run_updates`: the hot loop (sample, update, accumulate; no host sync);
 * the build steps of a run from its config: :func:`load_data` (replay buffer + dataset
   info), :func:`make_eval_env`, :func:`build_learner` (actor, :class:`~cql_modules.CQLLoss`,
@@ -25,25 +19,35 @@ Nothing here knows about a particular recipe; a recipe strings the pieces togeth
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import logging
 import math
 import os
-import random
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 from tensordict import TensorDictBase
 
 from cql_modules.data import DatasetError, dataset_problem, load_dataset, make_env
 from cql_modules.objectives.cql import CQLLoss
 from cql_modules.modules import bounded_action_spec, make_actor, make_critic
+from cql_modules.train.state import (  # noqa: F401  (re-exported: the recipes use them through this module)
+    CHECKPOINT_VERSION,
+    LastGoodState,
+    capture_rng_state,
+    check_same_data,
+    data_fingerprint,
+    find_checkpoint,
+    load_checkpoint,
+    load_training_state,
+    preserve_rng,
+    restore_rng_state,
+    save_checkpoint,
+    seed_everything,
+    training_state,
+)
 from cql_modules.train.update import LOSS_KEYS, UpdateStep, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -71,7 +75,6 @@ __all__ = [
     "training_state",
     "load_training_state",
     "save_checkpoint",
-    "replace_file",
     "load_checkpoint",
     "find_checkpoint",
     "LastGoodState",
@@ -91,7 +94,6 @@ __all__ = [
     "CHECKPOINT_VERSION",
 ]
 
-CHECKPOINT_VERSION = 1
 LOGGER_BACKENDS = ("csv", "tensorboard", "wandb")
 
 
@@ -417,177 +419,6 @@ class MetricAggregator:
         return order.index(key) if key in order else len(order)
 
 
-# ----------------------------------------------------------------------------- RNG
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _buffer_generator(replay_buffer: Any) -> torch.Generator | None:
-    gen = getattr(replay_buffer, "_rng", None) if replay_buffer is not None else None
-    return gen if isinstance(gen, torch.Generator) else None
-
-
-def capture_rng_state(replay_buffer: Any = None) -> dict[str, Any]:
-    """Every random stream the training loop draws from, as checkpointable values.
-
-    TorchRL's ``RandomSampler`` draws batch indices with ``torch.randint(...,
-    generator=storage._rng)``, i.e. from torch's global generator unless the buffer was
-    given its own (``ReplayBuffer(generator=...)`` / ``set_rng``); both are captured.
-    """
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    gen = _buffer_generator(replay_buffer)
-    if gen is not None:
-        state["replay_buffer"] = gen.get_state()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any], replay_buffer: Any = None) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    gen = _buffer_generator(replay_buffer)
-    if gen is not None and "replay_buffer" in state:
-        gen.set_state(state["replay_buffer"])
-
-
-@contextlib.contextmanager
-def preserve_rng(replay_buffer: Any = None) -> Iterator[None]:
-    """Run a block (e.g. evaluation) without moving any training random stream."""
-    state = capture_rng_state(replay_buffer)
-    try:
-        yield
-    finally:
-        restore_rng_state(state, replay_buffer)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def _cpu_clone(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _cpu_clone(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu_clone(v) for v in obj)
-    return copy.deepcopy(obj)
-
-
-def training_state(
-    loss: torch.nn.Module,
-    update_step: Any,
-    *,
-    replay_buffer: Any = None,
-    step: int | None = None,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Everything needed to continue training exactly, as a CPU copy (safe to keep).
-
-    ``loss.state_dict()`` holds the actor, the critic ensemble, the target critics,
-    ``log_alpha`` / ``log_alpha_prime`` and the ``n_updates`` buffer; the optimizer holds
-    Adam's moments; ``update_step.n_steps`` drives the target-update period; the RNG
-    states make the following batches and policy samples identical. ``extra`` holds the
-    recipe's own values (normalizer, evaluation history, wall time, config, ...).
-    """
-    return {
-        "version": CHECKPOINT_VERSION,
-        "step": int(update_step.n_steps if step is None else step),
-        "loss": _cpu_clone(loss.state_dict()),
-        "optimizer": _cpu_clone(update_step.optimizer.state_dict()),
-        "update_step": {"n_steps": int(update_step.n_steps)},
-        "rng": _cpu_clone(capture_rng_state(replay_buffer)),
-        "extra": _cpu_clone(extra or {}),
-    }
-
-
-def load_training_state(
-    state: dict[str, Any], loss: torch.nn.Module, update_step: Any, *, replay_buffer: Any = None
-) -> dict[str, Any]:
-    """Inverse of :func:`training_state`; returns its ``extra`` dict."""
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"checkpoint version {state.get('version')} != {CHECKPOINT_VERSION}")
-    loss.load_state_dict(state["loss"])
-    update_step.optimizer.load_state_dict(state["optimizer"])
-    update_step.n_steps = int(state["update_step"]["n_steps"])
-    restore_rng_state(state["rng"], replay_buffer)
-    return state.get("extra", {})
-
-
-def replace_file(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """``os.replace`` a finished temporary file onto ``path`` with ordinary permissions
-    (``mkstemp`` creates files readable by their owner only)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same directory, fsync, then
-    ``os.replace``: a reader (or a resumed run) sees the old file or the new one, never a
-    half-written one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        replace_file(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only``: plain
-    tensors, numbers, strings, lists and dicts only)."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
-
-
-def find_checkpoint(where: str | os.PathLike, name: str = "last.pt", subdir: str = "checkpoints") -> Path | None:
-    """A checkpoint file given itself, its directory, or a run directory; None if absent."""
-    where = Path(where).expanduser()
-    for candidate in (where, where / name, where / subdir / name):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-class LastGoodState:
-    """The training state at the last logging boundary whose metrics were all finite.
-
-    ``keep(fn)`` stores ``fn()`` (a CPU copy, e.g. :func:`training_state`); when the
-    NaN guard fires the recipe writes ``state`` out, so no update of a broken interval
-    is ever checkpointed.
-    """
-
-    def __init__(self) -> None:
-        self.state: dict[str, Any] | None = None
-
-    def keep(self, make_state: Callable[[], dict[str, Any]]) -> None:
-        self.state = make_state()
-
-    @property
-    def step(self) -> int | None:
-        return None if self.state is None else int(self.state["step"])
-
-
 # ----------------------------------------------------------------------------- hot loop
 def run_updates(
     update_step: Callable[[TensorDictBase], TensorDictBase],
@@ -704,34 +535,6 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- run records
-def data_fingerprint(info: Any) -> dict[str, Any]:
-    """What a checkpoint must agree on with the data it resumes on (a ``DatasetInfo``)."""
-    normalizer = getattr(info, "normalizer", None)
-    modification = getattr(info, "reward_modification", None)
-    return {
-        "name": str(info.name),
-        "num_transitions": int(info.num_transitions),
-        "normalizer": None if normalizer is None else normalizer.state_dict(),
-        "reward_modification": None if modification is None else modification.to_dict(),
-    }
-
-
-def check_same_data(saved: dict[str, Any], info: Any) -> None:
-    """Raise if the dataset (its size, normalizer or reward modification) changed since
-    the checkpoint was written: the saved networks would see differently scaled inputs."""
-    now = data_fingerprint(info)
-    problems = []
-    if saved["num_transitions"] != now["num_transitions"]:
-        problems.append(f"{saved['num_transitions']} transitions then, {now['num_transitions']} now")
-    a, b = saved["normalizer"], now["normalizer"]
-    if (a is None) != (b is None) or (a is not None and not all(torch.allclose(a[k], b[k]) for k in ("loc", "scale"))):
-        problems.append("the state normalizer differs")
-    if saved["reward_modification"] != now["reward_modification"]:
-        problems.append(f"reward modification {saved['reward_modification']} then, {now['reward_modification']} now")
-    if problems:
-        raise ValueError(f"cannot resume: dataset '{now['name']}' changed since the checkpoint: " + "; ".join(problems))
-
-
 def run_name(cfg: Any) -> str:
     """``logger.name``, else ``cql-<dataset>-seed<seed>`` (a file name's stem; ``/`` -> ``-``)."""
     if cfg.logger.name:

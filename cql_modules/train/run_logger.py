@@ -14,11 +14,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from cql_modules.training import replace_file
+from cql_modules._io import atomic_write
 
 __all__ = ["RunLogger", "read_metrics", "write_json", "plot_learning_curve", "record_failure"]
 
@@ -49,17 +48,9 @@ def _clean(value: Any) -> Any:
 def write_json(data: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write JSON atomically (temp file + ``os.replace``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_clean(data), f, indent=2, default=_json_default)
-            f.write("\n")
-        replace_file(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        json.dump(_clean(data), f, indent=2, default=_json_default)
+        f.write("\n")
     return path
 
 
@@ -124,14 +115,10 @@ def plot_learning_curve(
     if points or reference_lines or vertical_lines:
         ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png")
     plt.close(fig)
-    replace_file(tmp, path)
-    return path
+    return Path(path)
 
 
 def record_failure(run_dir: str | os.PathLike, error: BaseException | str, config: Any = None) -> None:
@@ -246,11 +233,9 @@ class RunLogger:
         if source_dir is not None and Path(source_dir).resolve() != self.run_dir.resolve():
             source = Path(source_dir) / METRICS_FILE
         kept = [r for r in read_metrics(source) if r.get("step", 0) <= step]
-        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w") as f:
+        with atomic_write(self.metrics_path) as f:
             for r in kept:
                 f.write(json.dumps(r) + "\n")
-        os.replace(tmp, self.metrics_path)
         self._jsonl = open(self.metrics_path, "a")
         if "csv" in self.loggers:
             experiment = self.loggers["csv"].experiment
@@ -260,7 +245,8 @@ class RunLogger:
             for csv_path in Path(experiment.log_dir, "scalars").glob("**/*.csv"):
                 lines = csv_path.read_text().splitlines()
                 keep = [ln for ln in lines if _csv_step(ln) is not None and _csv_step(ln) <= step]
-                csv_path.write_text("".join(ln + "\n" for ln in keep))
+                with atomic_write(csv_path) as f:
+                    f.write("".join(ln + "\n" for ln in keep))
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"exp_name": self.exp_name}
