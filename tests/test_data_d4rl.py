@@ -218,3 +218,18 @@ def test_dataset_problem_without_loading(tmp_path, monkeypatch):
     assert "unknown dataset" in dataset_problem("no such thing")
     write_d4rl(tmp_path / "toy.hdf5")
     assert dataset_problem(str(tmp_path / "toy.hdf5")) is None
+
+
+def test_empty_hdf5_and_bad_batch_sizes(tmp_path):
+    """Issue 11 case 12: a 0-row file and non-positive batch sizes get one-line errors."""
+    with h5py.File(tmp_path / "empty.hdf5", "w") as f:
+        f["observations"] = np.zeros((0, 3), np.float32)
+        f["actions"] = np.zeros((0, 2), np.float32)
+        f["rewards"] = np.zeros((0,), np.float32)
+        f["terminals"] = np.zeros((0,), bool)
+    with pytest.raises(DatasetError, match="holds 0 transitions"):
+        load_dataset(tmp_path / "empty.hdf5")
+    write_d4rl(tmp_path / "toy.hdf5")
+    for bad in (0, -4, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            load_dataset(tmp_path / "toy.hdf5", batch_size=bad)

@@ -9,7 +9,7 @@ Usage::
 """
 
 from . import keys
-from .behaviour import SCRIPTED_CONTROLLERS, BehaviourPolicy, load_policy, pendulum_swing_up
+from .behaviour import SCRIPTED_CONTROLLERS, BehaviourPolicy, load_behaviour_policy, pendulum_swing_up, save_policy_file
 from .collect import (
     DEFAULT_DATASET_ID,
     BehaviourSpec,
@@ -48,7 +48,7 @@ __all__ = [
     "ensure_default_dataset",
     "keys",
     "load_dataset",
-    "load_policy",
+    "load_behaviour_policy",
     "locate_dataset",
     "make_env",
     "make_replay_buffer",
@@ -56,5 +56,6 @@ __all__ = [
     "pendulum_swing_up",
     "read_d4rl_hdf5",
     "reference_scores",
+    "save_policy_file",
     "return_to_go",
 ]

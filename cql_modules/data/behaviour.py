@@ -1,5 +1,5 @@
 """Behaviour policies for building datasets: uniform random, scripted controllers, saved
-TorchRL policies, each with optional Gaussian action noise and epsilon-random actions.
+TorchRL policies (policy files, see :func:`save_policy_file`), each with optional Gaussian action noise and epsilon-random actions.
 """
 
 from __future__ import annotations
@@ -37,30 +37,107 @@ def pendulum_swing_up(obs: torch.Tensor) -> torch.Tensor:
 SCRIPTED_CONTROLLERS: dict[str, ActionFn] = {"Pendulum-v1": pendulum_swing_up}
 
 
-def load_policy(path: str | Path) -> ActionFn:
-    """A saved TorchRL policy (``torch.save(module)`` of a ``TensorDictModule`` reading
-    ``observation`` and writing ``action``, e.g. a ``ProbabilisticActor``), run
-    deterministically on raw environment observations."""
+POLICY_FILE_FORMAT = "cql-modules/policy-v1"
+
+
+def save_policy_file(actor: nn.Module, path: str | Path, *, normalizer=None) -> Path:
+    """Save an actor built by :func:`cql_modules.make_actor` as a *policy file*: its state
+    dict, the small architecture description needed to rebuild it (observation size,
+    hidden width and depth, action bounds) and the observation normalizer it was trained
+    with (a :class:`~cql_modules.data.StateNormalizer`, or None for raw observations).
+
+    Only tensors, numbers and strings are stored, so :func:`load_behaviour_policy` reads it
+    with ``torch.load(weights_only=True)``: loading a policy file can never run code.
+    """
+    from cql_modules.modules import MLP
+
+    mlps = [m for m in actor.modules() if isinstance(m, MLP)]
+    spec = getattr(actor, "spec", None)
+    if spec is not None and hasattr(spec, "keys"):  # a Composite keyed by the actor's out_keys
+        spec = spec[keys.ACTION] if keys.ACTION in spec.keys() else None
+    if len(mlps) != 1 or spec is None or not hasattr(spec.space, "low"):
+        raise DatasetError("save_policy_file needs an actor built by cql_modules.make_actor (one MLP, bounded spec)")
+    linears = [m for m in mlps[0] if isinstance(m, nn.Linear)]
+    state = {
+        "format": POLICY_FILE_FORMAT,
+        "observation_dim": linears[0].in_features,
+        "hidden_dim": linears[0].out_features,
+        "n_hidden_layers": len(linears) - 1,
+        "action_low": torch.as_tensor(spec.space.low, dtype=torch.float32).reshape(-1).cpu(),
+        "action_high": torch.as_tensor(spec.space.high, dtype=torch.float32).reshape(-1).cpu(),
+        "state_dict": {k: v.detach().cpu() for k, v in actor.state_dict().items()},
+        "normalizer": None if normalizer is None else normalizer.state_dict(),
+    }
+    path = Path(path)
+    torch.save(state, path)
+    return path
+
+
+def load_behaviour_policy(path: str | Path, *, trust: bool = False) -> ActionFn:
+    """A behaviour policy from a file, run deterministically on raw environment observations.
+
+    * A policy file (:func:`save_policy_file`) is read with ``weights_only=True`` and its
+      actor rebuilt with :func:`cql_modules.make_actor`; its normalizer is applied first.
+    * Any other file (a pickled TorchRL ``TensorDictModule`` from ``torch.save(module)``
+      reading ``observation`` and writing ``action``) is unpickled only with ``trust=True``
+      (``--trust-policy-file``): unpickling runs whatever code the file names.
+    """
     from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+    path = Path(path)
+    normalize = None
     try:
-        module = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise DatasetError(f"cannot load policy checkpoint {path}: {err}") from err
-    if not isinstance(module, nn.Module):
-        raise DatasetError(f"{path} holds a {type(module).__name__}, expected a saved TorchRL policy module")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a plain policy file (a pickled module), or unreadable
+        if not trust:
+            raise DatasetError(
+                f"{path} is not a policy file (state dict + architecture) readable without running code "
+                f"({type(err).__name__}); save it with cql_modules.data.save_policy_file, or pass "
+                "--trust-policy-file if you trust where this pickle comes from"
+            ) from err
+        try:
+            module = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err2:
+            raise DatasetError(f"cannot read policy file {path}: {type(err2).__name__}: {err2}") from err2
+        if not isinstance(module, nn.Module):
+            raise DatasetError(f"{path} holds a {type(module).__name__}, expected a saved TorchRL policy module")
+    else:
+        if not (isinstance(state, dict) and state.get("format") == POLICY_FILE_FORMAT):
+            raise DatasetError(
+                f"{path} is not a cql-modules policy file (expected format {POLICY_FILE_FORMAT!r}); "
+                "save one with cql_modules.data.save_policy_file"
+            )
+        from torchrl.data import Bounded
+
+        from cql_modules.modules import make_actor
+
+        low, high = state["action_low"], state["action_high"]
+        module = make_actor(
+            state["observation_dim"], Bounded(low, high, shape=low.shape),
+            hidden_dim=state["hidden_dim"], n_hidden_layers=state["n_hidden_layers"],
+        )
+        try:
+            module.load_state_dict(state["state_dict"])
+        except RuntimeError as err:
+            raise DatasetError(f"{path}: weights do not match the architecture it describes ({err})") from err
+        if state["normalizer"] is not None:
+            from .transforms import StateNormalizer
+
+            normalize = StateNormalizer.from_state_dict(state["normalizer"]).normalize
+    module.eval()
 
     @torch.no_grad()
     def act(obs: torch.Tensor) -> torch.Tensor:
+        obs = normalize(obs) if normalize is not None else obs
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             return module(TensorDict({keys.OBSERVATION: obs}, batch_size=obs.shape[:-1]))[keys.ACTION]
 
     return act
 
 
-def resolve_policy(policy: str | ActionFn, env_id: str) -> ActionFn | None:
+def resolve_policy(policy: str | ActionFn, env_id: str, *, trust_policy_file: bool = False) -> ActionFn | None:
     """``"random"`` -> None (uniform), ``"scripted"`` -> the env's scripted controller,
-    a file path -> :func:`load_policy`, a callable -> itself."""
+    a file path -> :func:`load_behaviour_policy`, a callable -> itself."""
     if callable(policy):
         return policy
     if policy == "random":
@@ -70,8 +147,8 @@ def resolve_policy(policy: str | ActionFn, env_id: str) -> ActionFn | None:
             raise DatasetError(f"no scripted controller for {env_id} (have: {sorted(SCRIPTED_CONTROLLERS)})")
         return SCRIPTED_CONTROLLERS[env_id]
     if Path(policy).is_file():
-        return load_policy(policy)
-    raise DatasetError(f"unknown behaviour policy '{policy}': use 'random', 'scripted' or a checkpoint path")
+        return load_behaviour_policy(policy, trust=trust_policy_file)
+    raise DatasetError(f"unknown behaviour policy '{policy}': use 'random', 'scripted' or the path of a policy file")
 
 
 class BehaviourPolicy(nn.Module):
@@ -115,4 +192,12 @@ class BehaviourPolicy(nn.Module):
         return tensordict
 
 
-__all__ = ["BehaviourPolicy", "SCRIPTED_CONTROLLERS", "load_policy", "pendulum_swing_up", "resolve_policy"]
+__all__ = [
+    "BehaviourPolicy",
+    "POLICY_FILE_FORMAT",
+    "SCRIPTED_CONTROLLERS",
+    "load_behaviour_policy",
+    "pendulum_swing_up",
+    "resolve_policy",
+    "save_policy_file",
+]

@@ -25,6 +25,7 @@ wrapped by TorchRL's ``GymWrapper``; only complete episodes are kept.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import shutil
@@ -64,16 +65,44 @@ class BehaviourSpec:
     noise_std: float = 0.0
     epsilon: float = 0.0
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.episodes, int) or self.episodes < 1:
+            raise DatasetError(f"episodes must be a positive integer, got {self.episodes!r}")
+        if not self.noise_std >= 0:
+            raise DatasetError(f"noise_std must be >= 0, got {self.noise_std!r}")
+        if not 0 <= self.epsilon <= 1:
+            raise DatasetError(f"epsilon must be in [0, 1], got {self.epsilon!r}")
+
+
+def lookup_env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    """gymnasium's spec of ``env_id``; gymnasium-robotics' envs (mazes, Adroit) are
+    registered on demand. Unknown ids raise a one-line :class:`DatasetError`."""
+    try:
+        return gym.spec(env_id)
+    except gym.error.Error as err:
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # its import prints a version notice
+                import gymnasium_robotics
+
+            gym.register_envs(gymnasium_robotics)
+            return gym.spec(env_id)
+        except ImportError:
+            hint = "; gymnasium-robotics is not installed (pip install 'cql-modules[mujoco]')"
+        except gym.error.Error:
+            hint = ""
+        raise DatasetError(f"unknown gymnasium environment '{env_id}': {err}{hint}") from None
+
 
 def default_behaviour(episodes: int = 400) -> list[BehaviourSpec]:
     """The mixture of the default dataset (see the module docstring)."""
     n_random = round(0.3 * episodes)
     n_noisy = round(0.35 * episodes)
-    return [
-        BehaviourSpec("random", n_random),
-        BehaviourSpec("scripted", n_noisy, noise_std=1.0),
-        BehaviourSpec("scripted", episodes - n_random - n_noisy, noise_std=0.3, epsilon=0.5),
+    parts = [
+        ("random", n_random, {}),
+        ("scripted", n_noisy, {"noise_std": 1.0}),
+        ("scripted", episodes - n_random - n_noisy, {"noise_std": 0.3, "epsilon": 0.5}),
     ]
+    return [BehaviourSpec(policy, n, **kw) for policy, n, kw in parts if n > 0]  # tiny builds drop parts
 
 
 def make_vector_env(env_id: str, num_envs: int):
@@ -99,6 +128,7 @@ def collect_episodes(
     num_envs: int = 16,
     seed: int = 0,
     progress: bool = True,
+    trust_policy_file: bool = False,
 ) -> list[dict[str, np.ndarray]]:
     """Run one behaviour policy through a TorchRL ``Collector`` until ``behaviour.episodes``
     episodes are complete; return the first ones to finish as Minari-style dicts
@@ -106,11 +136,13 @@ def collect_episodes(
     from torchrl.collectors import Collector
     from tqdm.auto import tqdm
 
-    n_envs = min(num_envs, max(behaviour.episodes, 1))
+    if num_envs < 1:
+        raise DatasetError(f"num_envs must be >= 1, got {num_envs}")
+    steps = min(lookup_env_spec(env_id).max_episode_steps or 1000, 1000)
+    base = resolve_policy(behaviour.policy, env_id, trust_policy_file=trust_policy_file)  # before any env starts
+    n_envs = min(num_envs, behaviour.episodes)
     env, action_space = make_vector_env(env_id, n_envs)
-    base = resolve_policy(behaviour.policy, env_id)
     policy = BehaviourPolicy(action_space, base, behaviour.noise_std, behaviour.epsilon, seed=seed)
-    steps = min(gym.spec(env_id).max_episode_steps or 1000, 1000)
     env.set_seed(seed)  # before the collector's first reset, so its first observations are the seeded ones
     collector = Collector(
         env, policy, frames_per_batch=n_envs * steps, total_frames=-1, auto_register_policy_transforms=False
@@ -182,6 +214,7 @@ def build_minari_dataset(
     description: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    trust_policy_file: bool = False,
 ) -> dict[str, float]:
     """Collect the behaviour mixture in ``env_id`` and write it as Minari dataset ``dataset_id``.
 
@@ -189,11 +222,22 @@ def build_minari_dataset(
     measured over ``reference_episodes`` episodes each and stored in the dataset metadata.
     The dataset is written under a temporary root and moved into minari's root in one
     rename, so an interrupted or concurrent build never leaves a half-written dataset.
+    Policy files load without running code unless ``trust_policy_file`` (see
+    :func:`~cql_modules.data.behaviour.load_behaviour_policy`).
     Returns the measured numbers (returns, normalized behaviour score, seconds).
     """
     import minari
     from minari.data_collector import EpisodeBuffer
 
+    # Every input is checked before the first episode is collected.
+    lookup_env_spec(env_id)
+    if not behaviour:
+        raise DatasetError("the behaviour mixture is empty: give at least one policy and episode count")
+    if reference_episodes < 1:
+        raise DatasetError(f"reference_episodes must be >= 1, got {reference_episodes}")
+    for spec in behaviour:
+        resolve_policy(spec.policy, env_id, trust_policy_file=trust_policy_file)
+    resolve_policy(reference_policy, env_id, trust_policy_file=trust_policy_file)
     root = minari_root()
     target = root / dataset_id
     if target.exists() and not overwrite:
@@ -201,14 +245,15 @@ def build_minari_dataset(
     start = time.perf_counter()
     episodes = []
     for i, spec in enumerate(behaviour):
-        episodes += collect_episodes(env_id, spec, num_envs=num_envs, seed=seed + 1000 * i, progress=progress)
+        episodes += collect_episodes(env_id, spec, num_envs=num_envs, seed=seed + 1000 * i, progress=progress,
+                                     trust_policy_file=trust_policy_file)
     ref_seed = seed + 1000 * len(behaviour)
     ref_min = mean_return(collect_episodes(
         env_id, BehaviourSpec("random", reference_episodes), num_envs=num_envs, seed=ref_seed, progress=progress
     ))  # fmt: skip
     ref_max = mean_return(collect_episodes(
         env_id, BehaviourSpec(reference_policy, reference_episodes), num_envs=num_envs, seed=ref_seed + 1,
-        progress=progress,
+        progress=progress, trust_policy_file=trust_policy_file,
     ))  # fmt: skip
     buffers = [EpisodeBuffer(id=i, **ep) for i, ep in enumerate(episodes)]
 

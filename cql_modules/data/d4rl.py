@@ -152,6 +152,8 @@ def read_d4rl_hdf5(path: str | os.PathLike) -> Transitions:
     terminals = data["terminals"].reshape(-1).astype(bool)
     timeouts = data["timeouts"].reshape(-1).astype(bool) if "timeouts" in data else np.zeros_like(terminals)
     n = len(rewards)
+    if n == 0:
+        raise DatasetError(f"{path}: the file holds 0 transitions (an empty or unfinished export?)")
     for k in ("observations", "actions", "terminals"):
         if len(data[k]) != n:
             raise DatasetError(f"{path}: '{k}' has {len(data[k])} rows but 'rewards' has {n}")

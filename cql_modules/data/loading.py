@@ -33,7 +33,7 @@ from torchrl.data.replay_buffers import RandomSampler
 
 from . import keys
 from .d4rl import D4RL_DATASETS, read_d4rl_hdf5, resolve_d4rl_name
-from .errors import DatasetNotFoundError
+from .errors import DatasetError, DatasetNotFoundError
 from .info import DatasetInfo
 from .minari_source import MinariData, is_local_minari, minari_root, open_minari, read_minari
 from .transforms import RewardModification, StateNormalizer
@@ -86,9 +86,13 @@ def load_dataset(
     Returns:
         (replay_buffer, dataset_info).
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     name = str(name_or_path)
     src = _read_source(name, download)
     t = src.transitions
+    if len(t) == 0:
+        raise DatasetError(f"{name}: the dataset holds no transitions; rebuild or re-download it")
     t.check_finite(name)
     episodes = EpisodeStats.of(t)
     sparse = src.sparse_reward if sparse_reward is None else sparse_reward
@@ -126,6 +130,7 @@ def load_dataset(
         sparse_reward=sparse,
         flatten_observation=src.flatten_observation,
         env_spec=src.env_spec,
+        observation_keys=src.observation_keys,
     )
     return buffer, info
 
@@ -185,6 +190,7 @@ class _Source:
     ref_max_score: float | None = None
     sparse_reward: bool = False
     flatten_observation: bool = False
+    observation_keys: tuple = ()
 
 
 def locate_dataset(name: str, download: bool = False) -> tuple[str, str]:
@@ -279,6 +285,7 @@ def _from_minari(m: MinariData, name: str) -> _Source:
         env_spec=m.env_spec,
         ref_min_score=m.ref_min_score,
         ref_max_score=m.ref_max_score,
-        sparse_reward="antmaze" in name.lower(),
+        sparse_reward=m.sparse_reward or "antmaze" in name.lower(),
         flatten_observation=m.flatten_observation,
+        observation_keys=m.observation_keys,
     )
