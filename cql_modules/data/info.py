@@ -22,7 +22,9 @@ class DatasetInfo:
             i.e. before state normalization; a Minari ``Dict`` space is flattened).
         env_id: gymnasium id of the environment to evaluate in (None if there is none).
         env_spec: full gymnasium ``EnvSpec`` (Minari datasets) or None; ``make_env`` prefers it.
-        flatten_observation: the evaluation env needs gymnasium's ``FlattenObservation``.
+        flatten_observation: the stored observations were a flattened ``Dict`` (goal envs).
+        observation_keys: that ``Dict``'s keys in the flattened order (``make_env`` flattens
+            the env's observations in the same order).
         num_transitions: transitions in the replay buffer.
         episodes: episode statistics of the raw rewards (count, mean/min/max return).
         ref_min_score / ref_max_score: normalized-score references (D4RL table, Minari
@@ -48,6 +50,7 @@ class DatasetInfo:
     sparse_reward: bool = False
     flatten_observation: bool = False
     env_spec: Any = None
+    observation_keys: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (for logs and checkpoints); spaces as shapes and bounds."""

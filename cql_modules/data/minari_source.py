@@ -1,9 +1,16 @@
 """Minari datasets: id resolution (local root first, download only when asked) and reading.
 
 Local datasets live under minari's own root: ``$MINARI_DATASETS_PATH`` if set, else
-``~/.minari/datasets``. Observations of a ``Dict`` space (e.g. ``D4RL/antmaze/*``:
-``achieved_goal``, ``desired_goal``, ``observation``) are flattened in the space's key order,
-as gymnasium's ``FlattenObservation`` does for the evaluation environment.
+``~/.minari/datasets``. Observations of a ``Dict`` space (e.g. ``D4RL/antmaze/*`` and
+``D4RL/pointmaze/*``: ``achieved_goal``, ``desired_goal``, ``observation``) are concatenated
+in the stored space's key order (:attr:`MinariData.observation_keys`); the evaluation and
+online environments flatten theirs in that same order (:func:`cql_modules.data.make_env`),
+so the goal is part of the observation on both sides.
+
+Goal-reaching datasets (gymnasium-robotics mazes: ``AntMaze_*``, ``PointMaze_*`` with
+``reward_type="sparse"``) use the sparse-reward ``mc_return`` rule. AntMaze follows D4RL's
+convention: its evaluation episode ends when the goal is reached (return 1, else 0) and
+the reference scores are 0 and 1, so the normalized score is 100 x the success rate.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ class MinariData:
     env_spec: Any  # gymnasium EnvSpec to evaluate in, or None
     ref_min_score: float | None
     ref_max_score: float | None
+    observation_keys: tuple[str, ...] = ()  # a Dict observation's keys, in the flattened order
+    sparse_reward: bool = False  # a sparse-reward goal task (see the module docstring)
 
 
 def minari_root() -> Path:
@@ -76,6 +85,23 @@ def _flat(x, flatten: bool, space: gym.Space) -> np.ndarray:
     return np.concatenate([x[k] for k in space.spaces], axis=-1) if flatten else x
 
 
+def env_family(env_spec: Any) -> str | None:
+    """``"antmaze"`` / ``"pointmaze"`` for gymnasium-robotics' maze envs, ``"adroit"`` for
+    the Adroit hand, else None (read from the spec's id)."""
+    env_id = str(getattr(env_spec, "id", env_spec) or "")
+    for prefix, family in (("AntMaze_", "antmaze"), ("PointMaze_", "pointmaze"), ("AdroitHand", "adroit")):
+        if env_id.startswith(prefix):
+            return family
+    return None
+
+
+def is_sparse_goal_task(env_spec: Any) -> bool:
+    """A maze env with sparse rewards (AntMaze datasets are sparse whatever their spec says)."""
+    family = env_family(env_spec)
+    kwargs = getattr(env_spec, "kwargs", None) or {}
+    return family == "antmaze" or (family == "pointmaze" and kwargs.get("reward_type", "sparse") == "sparse")
+
+
 def read_minari(dataset) -> MinariData:
     """Read every episode of a ``MinariDataset`` (one h5py read per episode, then concatenate)."""
     obs_space, flatten = _flat_space(dataset.observation_space)
@@ -107,12 +133,17 @@ def read_minari(dataset) -> MinariData:
     )  # fmt: skip
     metadata = dataset.storage.metadata
     env_spec = getattr(dataset, "_eval_env_spec", None) or dataset.env_spec
+    refs = metadata.get("ref_min_score"), metadata.get("ref_max_score")
+    if env_family(env_spec) == "antmaze":
+        refs = 0.0, 1.0  # D4RL: the evaluation episode ends at the goal, return = success
     return MinariData(
         transitions=transitions,
         observation_space=obs_space,
         action_space=act_space,
         flatten_observation=flatten,
         env_spec=env_spec,
-        ref_min_score=metadata.get("ref_min_score"),
-        ref_max_score=metadata.get("ref_max_score"),
+        ref_min_score=refs[0],
+        ref_max_score=refs[1],
+        observation_keys=tuple(dataset.observation_space.spaces) if flatten else (),
+        sparse_reward=is_sparse_goal_task(env_spec),
     )
