@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import os
 import random
 from pathlib import Path
@@ -25,6 +26,8 @@ import numpy as np
 import torch
 
 from cql_modules._io import atomic_write
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -39,6 +42,7 @@ __all__ = [
     "load_checkpoint",
     "find_checkpoint",
     "previous_checkpoint",
+    "load_resume_checkpoint",
     "LastGoodState",
     "data_fingerprint",
     "check_same_data",
@@ -213,6 +217,29 @@ def find_checkpoint(where: str | os.PathLike, name: str = "last.pt", subdir: str
         if candidate.is_file():
             return candidate
     return None
+
+
+def load_resume_checkpoint(where: str | os.PathLike, name: str = "last.pt",
+                           subdir: str = "checkpoints") -> tuple[dict[str, Any], Path] | None:
+    """``(state, path)`` of the checkpoint to resume from (see :func:`find_checkpoint`), None
+    if there is none. If it cannot be read, the previous checkpoint kept beside it is used,
+    with a warning naming both; if that fails too, :class:`CheckpointError` says so."""
+    path = find_checkpoint(where, name, subdir)
+    if path is None:
+        return None
+    try:
+        return load_checkpoint(path), path
+    except CheckpointError as err:
+        prev = previous_checkpoint(path)
+        if not prev.is_file():
+            raise CheckpointError(f"{err}; no previous checkpoint to fall back to: start a new run "
+                                  "(a new hydra.run.dir)") from err
+        try:
+            state = load_checkpoint(prev)
+        except CheckpointError as err2:
+            raise CheckpointError(f"{err}; the previous one is unusable too ({err2})") from err2
+        log.warning("%s; resuming from the previous checkpoint %s (update %s)", err, prev, state.get("step"))
+        return state, prev
 
 
 class LastGoodState:

@@ -1,0 +1,345 @@
+"""The command-line shell of a recipe: one-line errors with exit codes, strict configs,
+resume from the run's own configuration, a run directory that is never overwritten, and
+preemption (SIGTERM / SIGUSR1) handled like Ctrl-C.
+
+A recipe puts :func:`guarded` under ``@hydra.main``::
+
+    @hydra.main(config_path="../configs", config_name="offline_cql", version_base="1.3")
+    @guarded
+    def main(cfg): ...
+
+Exit codes (README, "Runs and failures"):
+
+====  =====================================================================
+0     completed
+1     unexpected error (full traceback), or Hydra's own command-line error
+2     invalid configuration (value, unknown key, changed field on resume)
+3     data problem (unknown dataset, unreadable / invalid data)
+4     checkpoint problem (corrupt and no previous one, other data)
+5     environment problem (device not available, package missing)
+6     run directory already holds a run (use ``resume=true`` or a new dir)
+7     training diverged (NaN/inf; the last good state is saved)
+75    preempted (SIGTERM / SIGUSR1; state saved): requeue with ``resume=true``
+      (75 is ``EX_TEMPFAIL`` of sysexits.h: "temporary failure, retry")
+130   interrupted (Ctrl-C; state saved)
+====  =====================================================================
+
+The traceback of an expected error is printed only with ``HYDRA_FULL_ERROR=1``.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import is_dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from cql_modules._io import atomic_write
+from cql_modules.train.state import CheckpointError, find_checkpoint, load_resume_checkpoint
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EXIT_CODES", "Preempted", "RunDirError", "EnvironmentProblem", "ResumeConfigError",
+           "guarded", "check_device", "unknown_keys", "resume_config", "holds_run", "RUN_CONFIG_FILE",
+           "RESUMABLE_FIELDS", "preemption_signals"]
+
+EXIT_CODES = {"config": 2, "data": 3, "checkpoint": 4, "environment": 5, "run_dir": 6, "diverged": 7,
+              "preempted": 75, "interrupted": 130}
+RUN_CONFIG_FILE = "run_config.yaml"  #: the run's configuration, written once when the run is created
+LAUNCHES_FILE = "launches.jsonl"  #: one line per launch into the run dir: overrides and what they changed
+#: Fields a resume may change: they decide how long and how visibly a run goes on, not what it learns.
+RESUMABLE_FIELDS = ("resume", "num_updates", "online_updates", "num_threads", "eval.every", "logger.every",
+                    "logger.progress", "logger.backends", "logger.wandb_mode", "checkpoint.every")
+
+
+class Preempted(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM / SIGUSR1: a loop that keeps its last good state
+    on Ctrl-C does so here too (it is a ``KeyboardInterrupt``) and marks the run ``preempted``."""
+
+    def __init__(self, signum: int) -> None:
+        self.signal = signal.Signals(signum).name
+        super().__init__(f"preempted by {self.signal}")
+
+
+class RunDirError(RuntimeError):
+    """The run directory already holds a run."""
+
+
+class EnvironmentProblem(RuntimeError):
+    """The machine cannot run the configuration (device, missing package)."""
+
+
+class ResumeConfigError(ValueError):
+    """A configuration the run cannot take: a resume changing fields that define the
+    experiment, or a key the schema does not have."""
+
+
+# ----------------------------------------------------------------------------- checks
+def check_device(device: str) -> None:
+    """Raise :class:`EnvironmentProblem` if ``device`` cannot be used here (before any data is loaded)."""
+    if device in ("auto", "cpu"):
+        return
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise EnvironmentProblem(f"device={device}: CUDA is not available on this machine "
+                                     f"(torch {torch.__version__}); use device=cpu or device=auto")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise EnvironmentProblem(f"device={device}: only {torch.cuda.device_count()} CUDA device(s) visible; "
+                                     "use device=cuda:0 or device=auto")
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise EnvironmentProblem("device=mps: MPS is not available on this machine; use device=cpu or device=auto")
+
+
+def unknown_keys(cfg: Any) -> list[str]:
+    """Keys of a composed config that its structured schema does not have (Hydra lets
+    ``+key=value`` add them), each with the closest known key: ``["loss.cql_alph (did you
+    mean loss.cql_alpha?)"]``."""
+    from omegaconf import DictConfig, OmegaConf
+
+    found: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        schema = OmegaConf.get_type(node)
+        known = OmegaConf.structured(schema).keys() if is_dataclass(schema) else None
+        for key in node.keys():
+            name = f"{prefix}{key}"
+            if known is not None and key not in known:
+                close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
+                found.append(name + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
+                continue
+            child = node._get_node(key)  # the node itself: a DictConfig keeps its schema type
+            if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+                walk(child, f"{name}.")
+
+    walk(cfg, "")
+    return found
+
+
+# ----------------------------------------------------------------------------- run directory
+def holds_run(run_dir: Path, ckpt_subdir: str = "checkpoints") -> bool:
+    """A run lives in ``run_dir``: its config, a checkpoint, logged metrics or a final summary."""
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        try:
+            if json.loads(summary.read_text()).get("status") != "failed":
+                return True
+        except (OSError, ValueError):
+            return True
+    metrics = run_dir / "metrics.jsonl"
+    return ((run_dir / RUN_CONFIG_FILE).is_file() or find_checkpoint(run_dir, subdir=ckpt_subdir) is not None
+            or (metrics.is_file() and metrics.stat().st_size > 0))
+
+
+def _explicit_keys(overrides: list[str]) -> list[str]:
+    """The config keys (or groups) named on the command line; ``hydra.*`` excluded."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = []
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if o.is_delete():
+            raise ResumeConfigError(f"{o.input_line}: deleting a field is not allowed on resume")
+        key = o.key_or_group if not o.package else f"{o.package}.{o.key_or_group}"
+        if not key.startswith("hydra.") and key != "hydra":
+            keys.append(key)
+    return keys
+
+
+def resume_config(saved: Any, requested: Any, explicit: list[str] | None) -> tuple[Any, dict[str, tuple]]:
+    """The configuration a resume runs with: ``saved`` (the run's own), with the fields named
+    on the command line (``explicit``; None: every field) taken from ``requested`` if they are
+    :data:`RESUMABLE_FIELDS`. Any other requested difference raises
+    :class:`ResumeConfigError` listing field, saved and requested value. Returns
+    ``(config, changes)``, ``changes``: field -> (saved, requested)."""
+    from omegaconf import OmegaConf
+
+    saved_c = OmegaConf.to_container(saved, resolve=True)
+    requested_c = OmegaConf.to_container(requested, resolve=True)
+
+    def leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(tree, dict):
+            out: dict[str, Any] = {}
+            for k, v in tree.items():
+                out.update(leaves(v, f"{prefix}{k}."))
+            return out
+        return {prefix[:-1]: tree}
+
+    old, new = leaves(saved_c), leaves(requested_c)
+    names = explicit if explicit is not None else list(new)
+    changed = {k: (old.get(k), new.get(k)) for k in new
+               if any(k == n or k.startswith(n + ".") for n in names) and old.get(k, new[k]) != new[k]}
+    refused = {k: v for k, v in changed.items() if k not in RESUMABLE_FIELDS}
+    if refused:
+        listed = "; ".join(f"{k}: saved {a!r}, requested {b!r}" for k, (a, b) in sorted(refused.items()))
+        raise ResumeConfigError(f"resume cannot change what the run is: {listed}. Drop these overrides to "
+                                "continue the run, or start a new run in a new hydra.run.dir")
+    config = OmegaConf.merge(requested, saved)  # the requested node keeps its schema type
+    for k, (_, b) in changed.items():
+        OmegaConf.update(config, k, b, merge=False)
+    config.resume = True
+    return config, changed
+
+
+# ----------------------------------------------------------------------------- signals
+class preemption_signals:
+    """Context: SIGTERM and SIGUSR1 raise :class:`Preempted` in the main thread (once; a
+    second signal while the state is being saved is logged and ignored)."""
+
+    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
+
+    def __enter__(self) -> preemption_signals:
+        self.received: str | None = None
+        self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+            raise Preempted(signum)
+        log.warning("%s received while stopping: ignored", signal.Signals(signum).name)
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+# ----------------------------------------------------------------------------- errors
+def _error_class(err: BaseException) -> str | None:
+    """The exit-code class of an expected error, None for an unexpected one."""
+    from cql_modules.data import DatasetError
+
+    config_errors = [ResumeConfigError]
+    for module in ("cql_modules.train.config", "cql_modules.training"):
+        cls = getattr(sys.modules.get(module), "ConfigError", None)
+        if cls is not None:
+            config_errors.append(cls)
+    if isinstance(err, RunDirError):
+        return "run_dir"
+    if isinstance(err, CheckpointError):
+        return "checkpoint"
+    if isinstance(err, DatasetError):
+        return "data"
+    if isinstance(err, tuple(config_errors)):
+        return "config"
+    if isinstance(err, (EnvironmentProblem, ModuleNotFoundError, torch.OutOfMemoryError)):
+        return "environment"
+    return None
+
+
+def _one_line(kind: str, err: BaseException) -> str:
+    message = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, ModuleNotFoundError):
+        message += " (install the extras: pip install 'cql-modules[all]')"
+    return f"{kind.replace('_', ' ')} error: {message}"
+
+
+# ----------------------------------------------------------------------------- the wrapper
+def guarded(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Wrap a recipe's Hydra task (see the module docstring for what it adds)."""
+
+    @functools.wraps(task)
+    def wrapper(cfg: Any) -> Any:
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import OmegaConf
+
+        hydra_cfg = HydraConfig.get()
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        single = hydra_cfg.mode.name == "RUN"
+        run_config = run_dir / RUN_CONFIG_FILE
+        before = run_config.read_bytes() if run_config.is_file() else None
+        ckpt_subdir = str(OmegaConf.select(cfg, "checkpoint.dir", default="checkpoints"))
+        fresh = not holds_run(run_dir, ckpt_subdir)
+        try:
+            bad = unknown_keys(cfg)
+            if bad:
+                raise ResumeConfigError(f"unknown config key(s): {', '.join(bad)}; check the spelling "
+                                        "(python <recipe> --cfg job lists every key)")
+            check_device(str(cfg.device))
+            changes: dict[str, tuple] = {}
+            if not fresh:
+                if not cfg.resume:
+                    raise RunDirError(f"{run_dir} already holds a run; continue it with resume=true, or choose "
+                                      "a new hydra.run.dir")
+                saved = _saved_config(run_dir, ckpt_subdir)
+                if saved is not None:
+                    cfg, changes = resume_config(saved, cfg, _explicit_keys(list(hydra_cfg.overrides.task)))
+            with atomic_write(run_config) as f:
+                f.write(OmegaConf.to_yaml(cfg, resolve=True))
+            with open(run_dir / LAUNCHES_FILE, "a") as f:
+                f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "resume": bool(cfg.resume),
+                                    "overrides": list(hydra_cfg.overrides.task),
+                                    "changed": {k: list(v) for k, v in changes.items()}}) + "\n")
+            for k, (a, b) in changes.items():
+                log.info("resume: %s %r -> %r", k, a, b)
+            with preemption_signals():
+                result = task(cfg)
+            if single and _status(run_dir) == "diverged":
+                sys.exit(EXIT_CODES["diverged"])
+            return result
+        except KeyboardInterrupt as err:
+            code = EXIT_CODES["preempted" if isinstance(err, Preempted) else "interrupted"]
+            print(f"{err or 'interrupted'}: rerun the same command with resume=true hydra.run.dir={run_dir} "
+                  "to continue", file=sys.stderr)
+            if single:
+                sys.exit(code)
+            return None
+        except Exception as err:
+            # A new run records its failure; a resume leaves the run's files as they were.
+            kind = _error_class(err)
+            if not fresh or not _has_results(run_dir):
+                _restore(run_config, before)
+            if fresh:
+                from cql_modules.train.run_logger import record_failure
+
+                record_failure(run_dir, _one_line(kind or "unexpected", err), cfg)
+            if kind is None:
+                raise
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                traceback.print_exc()
+            print(_one_line(kind, err), file=sys.stderr)
+            if single:
+                sys.exit(EXIT_CODES[kind])
+            return None
+
+    return wrapper
+
+
+def _saved_config(run_dir: Path, ckpt_subdir: str) -> Any:
+    """The run's own configuration: ``run_config.yaml``, else the checkpoint's copy."""
+    from omegaconf import OmegaConf
+
+    if (run_dir / RUN_CONFIG_FILE).is_file():
+        return OmegaConf.load(run_dir / RUN_CONFIG_FILE)
+    found = load_resume_checkpoint(run_dir, subdir=ckpt_subdir)
+    config = found and found[0].get("extra", {}).get("config")
+    return None if config is None else OmegaConf.create(config)
+
+
+def _status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def _has_results(run_dir: Path) -> bool:
+    metrics = run_dir / "metrics.jsonl"
+    return find_checkpoint(run_dir) is not None or (metrics.is_file() and metrics.stat().st_size > 0)
+
+
+def _restore(path: Path, content: bytes | None) -> None:
+    """Put a file back as it was before this launch (removed if it did not exist)."""
+    if content is None:
+        path.unlink(missing_ok=True)
+    elif not path.is_file() or path.read_bytes() != content:
+        with atomic_write(path, "wb") as f:
+            f.write(content)
