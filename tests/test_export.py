@@ -1,0 +1,84 @@
+"""Exported policies (TorchScript, ONNX through onnxruntime) equal the eager actor with the
+dataset's normalization, and play a full episode in the real environment."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from run_fixtures import minari_root, tiny_run  # noqa: F401  (fixtures)
+from tensordict import TensorDict
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from cql_modules.export import FORMATS, export_policy, load_actor, load_policy
+from cql_modules.train.state import load_checkpoint, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def sharp_checkpoint(tiny_run, tmp_path_factory):
+    """The tiny run's checkpoint with a random, large actor output layer: after 8 updates the
+    policy is near zero; this one also saturates the tanh (the clamp matters)."""
+    state = load_checkpoint(tiny_run / "checkpoints" / "last.pt")
+    last = [k for k in state["loss"] if k.startswith("actor_network.") and k.endswith(".weight")][-1]
+    g = torch.Generator().manual_seed(0)
+    state["loss"][last] = 2 * torch.randn(state["loss"][last].shape, generator=g)
+    state["loss"][last.replace(".weight", ".bias")].zero_()
+    return save_checkpoint(state, tmp_path_factory.mktemp("sharp") / "sharp.pt")
+
+
+def eager_actions(checkpoint, observations: torch.Tensor) -> np.ndarray:
+    """The training code's own path: ObservationNorm arithmetic + actor in deterministic mode."""
+    actor, normalizer, _ = load_actor(checkpoint)
+    with set_exploration_type(ExplorationType.DETERMINISTIC), torch.no_grad():
+        td = actor(TensorDict({"observation": normalizer.normalize(observations)}, [len(observations)]))
+    return td["action"].numpy()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_exported_policy_equals_the_eager_actor(sharp_checkpoint, tmp_path, fmt):
+    g = torch.Generator().manual_seed(0)
+    obs = torch.randn(1000, 3, generator=g) * torch.tensor([1.0, 1.0, 8.0])  # Pendulum: cos, sin, velocity
+    expected = eager_actions(sharp_checkpoint, obs)
+    assert (np.abs(expected) > 1.99999).mean() > 0.05 and (np.abs(expected) < 1.5).mean() > 0.05  # both regimes
+
+    policy = load_policy(export_policy(sharp_checkpoint, tmp_path / f"policy.{fmt}", format=fmt))
+    got = policy(obs.numpy())
+    assert got.shape == (1000, 1) and got.dtype == np.float32
+    assert np.abs(got - expected).max() < 1e-5
+    assert np.abs(policy(obs[7].numpy()) - expected[7]).max() < 1e-5  # a single observation
+    assert policy.metadata["format"] == fmt and policy.metadata["action_high"] == [2.0]
+
+
+def test_exported_policy_plays_an_episode_in_the_real_env(tiny_run, tmp_path):
+    """One full Pendulum-v1 episode (its 200-step time limit) from raw observations."""
+    for fmt in FORMATS:
+        policy = load_policy(export_policy(tiny_run, tmp_path / f"policy.{fmt}", format=fmt))
+        env = gym.make("Pendulum-v1")
+        obs, _ = env.reset(seed=0)
+        steps, done = 0, False
+        while not done:
+            action = policy(obs)
+            assert env.action_space.contains(action)
+            obs, _, terminated, truncated, _ = env.step(action)
+            steps, done = steps + 1, terminated or truncated
+        assert steps == 200
+
+
+def test_torchscript_file_runs_without_this_package(tiny_run, tmp_path):
+    """A fresh interpreter with only torch: torch.jit.load and call."""
+    path = export_policy(tiny_run, tmp_path / "policy.pt")
+    code = ("import sys, torch; sys.modules['cql_modules'] = None; m = torch.jit.load(sys.argv[1]); "
+            "print(tuple(m(torch.zeros(4, 3)).shape))")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(4, 1)"
+
+
+def test_bad_inputs(tiny_run, tmp_path):
+    with pytest.raises(ValueError, match="format must be one of torchscript, onnx"):
+        export_policy(tiny_run, tmp_path / "p", format="tflite")
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        export_policy(tmp_path / "nothing", tmp_path / "p")
