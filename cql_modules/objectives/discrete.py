@@ -13,6 +13,7 @@ The equations are in ``docs/cql.md``, section "Discrete CQL". Differences from
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -24,9 +25,10 @@ from torchrl.data.utils import _find_action_space
 from torchrl.modules.tensordict_module.actors import QValueActor
 from torchrl.objectives.common import LossModule
 from torchrl.modules.tensordict_module.common import ensure_tensordict_compatible
-from torchrl.objectives.utils import _reduce, _vmap_func, distance_loss
+from torchrl.objectives.utils import _reduce, _vmap_func
 
 from cql_modules.objectives.cql import _reinit
+from cql_modules.objectives.terms import alpha_prime_loss, conservative_gap, conservative_penalty, td_distance
 
 __all__ = ["DiscreteCQLLoss"]
 
@@ -52,8 +54,8 @@ class DiscreteCQLLoss(LossModule):
     :math:`\alpha` is ``cql_alpha``. With ``lagrange=True`` the penalty becomes
     :math:`\alpha \alpha' (\mathrm{gap}_k - g)` with :math:`\alpha' = \exp(\log\alpha')`
     clamped to [0, 1e6] and detached, :math:`g` = ``target_action_gap``, and
-    :math:`\alpha'` minimises :math:`-\alpha' \alpha \,\mathrm{mean}_k(\mathrm{gap}_k - g)`
-    (gap detached), i.e. it grows while the gap is above :math:`g`. :math:`y` carries no
+    :math:`\alpha'` minimises :math:`-\tfrac12 \alpha' \alpha \sum_k(\mathrm{gap}_k - g)`
+    (gap detached; the continuous loss's Lagrange term), i.e. it grows while the gap is above :math:`g`. :math:`y` carries no
     gradient. Priority weights :math:`w` (key ``priority_weight``) weight each sample's
     loss: ``mean`` is :math:`\sum w L / \sum w`, ``sum`` is :math:`\sum w L`, ``none`` is
     :math:`w L`.
@@ -256,8 +258,12 @@ class DiscreteCQLLoss(LossModule):
             return reward + self.gamma * (~terminated.bool()).to(reward.dtype) * v_next
 
     def cql_gap(self, q: torch.Tensor, q_data: torch.Tensor) -> torch.Tensor:
-        """``tau logsumexp(Q_k(s, .) / tau) - Q_k(s, a)``, ``[K, N]``."""
-        return self.temperature * torch.logsumexp(q / self.temperature, dim=-1) - q_data
+        """``tau logsumexp(Q_k(s, .) / tau) - Q_k(s, a)``, ``[K, N]``: the continuous gap with
+        every action as a proposal of log-density 0 (an exact sum, nothing sampled)."""
+        return conservative_gap(
+            q_data, q, q.new_zeros(()), importance_sample=True, temperature=self.temperature,
+            clip_diff_min=-math.inf, clip_diff_max=math.inf,
+        )
 
     def cql_loss(self, tensordict: TensorDictBase) -> torch.Tensor:
         """The weighted penalty ``cql_alpha * sum_k gap_k`` alone, reduced, from the input only."""
@@ -265,8 +271,8 @@ class DiscreteCQLLoss(LossModule):
         q = self.action_values(self.value_network_params, td.select(*self.value_network.in_keys))
         q_data = q.gather(-1, self.action_index(td.get(self.tensor_keys.action), q.shape[-1])[None, :, None].expand(
             q.shape[0], -1, 1)).squeeze(-1)
-        penalty = self.cql_alpha * self.cql_gap(q, q_data).sum(0)
-        return self._reduce(penalty, tensordict)
+        penalty = conservative_penalty(self.cql_gap(q, q_data), self.cql_alpha, self._alpha_prime(), self.target_action_gap)
+        return self._reduce(penalty.sum(0), tensordict)
 
     # ------------------------------------------------------------------ forward
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -289,18 +295,15 @@ class DiscreteCQLLoss(LossModule):
 
         a_idx = self.action_index(td.get(keys.action), q.shape[-1])
         q_data = q.gather(-1, a_idx[None, :, None].expand(q.shape[0], -1, 1)).squeeze(-1)  # [K, B]
-        td_loss = distance_loss(q_data, y.expand_as(q_data), self.loss_function)  # [K, B]
+        td_loss = td_distance(q_data, y, self.loss_function)  # [K, B]
         gap = self.cql_gap(q, q_data)  # [K, B]
+        alpha_prime = self._alpha_prime()
+        penalty = conservative_penalty(gap, self.cql_alpha, alpha_prime, self.target_action_gap)
         metrics = {}
         if self.lagrange:
-            alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
-            shifted = gap - self.target_action_gap
-            penalty = alpha_prime.detach() * self.cql_alpha * shifted
-            loss_alpha_prime = -alpha_prime * self.cql_alpha * shifted.detach().mean(0)  # [B]
+            loss_alpha_prime = alpha_prime_loss(alpha_prime, self.cql_alpha, gap, self.target_action_gap)  # [B]
             metrics["alpha_prime"] = alpha_prime
             metrics["alpha_prime_loss"] = loss_alpha_prime.mean()
-        else:
-            penalty = self.cql_alpha * gap
         loss_qvalue = (td_loss + penalty).sum(0)  # [B]
 
         td_error = (q_data.detach() - y).abs().amax(0)
@@ -324,6 +327,9 @@ class DiscreteCQLLoss(LossModule):
         return TensorDict(out, batch_size=[])
 
     # ------------------------------------------------------------------ helpers
+    def _alpha_prime(self) -> torch.Tensor | None:
+        return self.log_alpha_prime.exp().clamp(0.0, 1e6) if self.lagrange else None
+
     def _flat(self, tensordict: TensorDictBase) -> TensorDictBase:
         return tensordict.reshape(-1) if tensordict.ndim != 1 else tensordict
 
