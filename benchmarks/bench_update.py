@@ -71,8 +71,9 @@ OUR_MODES: dict[str, dict[str, dict]] = {
 }
 MODE_COMPONENTS = ("loss", "optimizer", "step")
 PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-BASELINE_NAMES = ("torchrl-cql", "torchrl-sac")
-REFERENCE = "torchrl-cql"  # the "ratio" column divides by this row's rate
+BASELINE_NAMES = ("corl-structured", "torchrl-cql", "torchrl-sac")
+# every row gets a ratio against each of these rows' rates (median and paired per round)
+REFERENCES = {"corl": "corl-structured", "torchrl_cql": "torchrl-cql"}
 
 SCHEMA_VERSION = 1
 OBS_DIM, ACT_DIM = 17, 6  # HalfCheetah
@@ -80,6 +81,8 @@ NUM_CRITICS = 2
 
 if importlib.util.find_spec("cql_modules") is None:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if str(Path(__file__).resolve().parent) not in sys.path:  # sibling contestants (corl_structured.py)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _quiet_warnings() -> None:
@@ -142,6 +145,11 @@ def flop_counts(B: int, N: int, hidden: int, layers: int, obs_dim: int = OBS_DIM
         param_grad (loss_actor and loss_actor_bc each sample at s) + (1+2N)B rows fwd
         (target at s', N repeated states at s and at s'); critics as minimal
         (K*B TD + 3*K*N*B penalty rows param_grad, K*B input_grad, K*B fwd target).
+    ``corl_structured_evaluated`` (``benchmarks/corl_structured.py``, CORL's trainer): actor
+        B param_grad (policy at s) + B fwd (target action at s') + 2NB fwd (N repeated
+        states at s and at s'); critics K*(3N+1)*B param_grad + K*B full backward (the
+        actor loss also forms the critics' weight gradients, which CORL then discards:
+        3F per row) + K*B fwd target.
     ``sac_minimal`` (= TorchRL SACLoss, used for the SAC row's GFLOP/s): actor B param_grad
         + B fwd; critics K*B param_grad + K*B input_grad + K*B fwd.
     """
@@ -153,6 +161,8 @@ def flop_counts(B: int, N: int, hidden: int, layers: int, obs_dim: int = OBS_DIM
         "cql_spec_minimal": B * a["param_grad"] + B * a["fwd"] + cql_critic,
         "ours_evaluated": 2 * B * a["param_grad"] + cql_critic,
         "torchrl_cql_evaluated": 2 * B * a["param_grad"] + (1 + 2 * N) * B * a["fwd"] + cql_critic,
+        "corl_structured_evaluated": B * a["param_grad"] + (1 + 2 * N) * B * a["fwd"]
+        + K * (3 * N + 1) * B * c["param_grad"] + K * B * 3 * c["fwd"] + K * B * c["fwd"],
         "sac_minimal": B * a["param_grad"] + B * a["fwd"] + K * B * c["param_grad"] + critic_common,
     }
 
@@ -225,6 +235,12 @@ def machine_info(device: torch.device) -> dict:
     except OSError:
         info["cpu_model"] = platform.processor() or None
         info["cpu_flags"] = []
+    info["cpu_caches_per_core_bytes"] = _cpu_caches()
+    try:  # totals over the machine's cores, as lscpu states them ("2 MiB (2 instances)")
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+        info["lscpu_caches"] = dict(re.findall(r"^(L\w+) cache:\s+(.+)$", lscpu, re.M))
+    except (OSError, subprocess.SubprocessError):
+        info["lscpu_caches"] = None
     info["device"] = str(device)
     info["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else info["cpu_model"]
     try:
@@ -236,6 +252,14 @@ def machine_info(device: torch.device) -> dict:
     except Exception:
         info["git_commit"], info["git_dirty"] = None, None
     return info
+
+
+def _cpu_caches() -> dict[str, int] | None:
+    try:
+        from cql_modules.objectives.cache_blocking import cpu_cache_bytes
+    except ImportError:  # an older checkout
+        return None
+    return cpu_cache_bytes()
 
 
 def matmul_peak(dtype: torch.dtype, shapes: dict[str, tuple[int, int, int]], device: torch.device,
@@ -404,6 +428,22 @@ def build_ours(mode: str, args, device, rb):
     return step, loss
 
 
+def build_corl_structured(args, device, rb):
+    """``benchmarks/corl_structured.py``: two critic modules, three Adams, three backwards."""
+    from cql_modules import make_critic
+    from corl_structured import CORLStructuredCQL
+
+    actor, critic_1 = _nets(args, device)
+    critic_2 = make_critic(OBS_DIM, ACT_DIM, hidden_dim=args.hidden, n_hidden_layers=args.layers, device=device)
+    update = CORLStructuredCQL(actor.module[0].module, critic_1.module, critic_2.module, ACT_DIM,
+                               num_actions=args.num_actions)
+
+    def step():
+        return update.train(rb.sample())
+
+    return step, update
+
+
 def build_torchrl_cql(args, device, rb):
     """torchrl.objectives.CQLLoss as sota-implementations/cql/cql_offline.py sets it up."""
     from torchrl.objectives import CQLLoss as TorchRLCQLLoss
@@ -508,28 +548,29 @@ def _fmt(x, spec=".2f", none="n/a"):
     return none if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def _ratio(x) -> str:
-    return "n/a" if x is None else f"{x:.2f}x"
+def _paired(r: dict, key: str) -> str:
+    """'1.23x [1.20-1.27]': the paired ratio's median and its range across rounds."""
+    med, lo, hi = (r.get(f"ratio_vs_{key}_paired_{s}") for s in ("median", "min", "max"))
+    return "n/a" if med is None else f"{med:.2f}x [{lo:.2f}-{hi:.2f}]"
 
 
 def render_table(res: dict) -> str:
     lines = [
-        "| implementation | updates/s (median) | ratio vs torchrl CQLLoss | GFLOP/s | % of fp32 peak "
-        "| best round | median of quiet rounds (n) | others' CPU load (median) | ms/update | step peak tensor MB "
-        "| % of bf16 peak |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| implementation | updates/s (median) | vs CORL-structured, paired [range] | vs torchrl CQLLoss, paired [range] "
+        "| GFLOP/s | % of fp32 peak | best round | median of quiet rounds (n) | others' CPU load (median) "
+        "| ms/update | step peak tensor MB | % of bf16 peak |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["results"]:
         if r["status"] != "ok":
-            lines.append(f"| {r['name']} | {r['status']}: {r.get('error', '')[:100]} | | | | | | | | | |")
+            lines.append(f"| {r['name']} | {r['status']}: {r.get('error', '')[:100]} | | | | | | | | | | |")
             continue
         mem = r.get("memory") or {}
         name = r["name"] + (" *" if r["flops_accounting"] == "sac_minimal" else "")
         frac = r["fraction_fp32_peak"]
         load = r["foreign_load_median"]
         lines.append(
-            f"| {name} | {_fmt(r['updates_per_s_median'])} | {_ratio(r['ratio_vs_torchrl_cql'])} "
-            f"(paired {_ratio(r['ratio_vs_torchrl_cql_paired_median'])}) "
+            f"| {name} | {_fmt(r['updates_per_s_median'])} | {_paired(r, 'corl')} | {_paired(r, 'torchrl_cql')} "
             f"| {_fmt(r['gflops_per_s'], '.1f')} | {_fmt(100 * frac if frac else None, '.1f')}% "
             f"| {_fmt(r['updates_per_s_best'])} | {_fmt(r['updates_per_s_quiet_median'])} ({r['quiet_rounds']}) "
             f"| {_fmt(100 * load if load is not None else None, '.0f')}% | {_fmt(r['ms_per_update_median'], '.1f')} "
@@ -599,6 +640,9 @@ def _main(args: argparse.Namespace) -> dict:
     records: list[dict] = []  # every requested row, failed ones included
     specs = [(f"ours:{m}", "ours", lambda m=m: build_ours(m, args, device, rb), "cql_spec_minimal", "ours_evaluated")
              for m in modes]
+    if "corl-structured" in baselines:
+        specs.append(("corl-structured", "baseline", lambda: build_corl_structured(args, device, rb),
+                      "cql_spec_minimal", "corl_structured_evaluated"))
     if "torchrl-cql" in baselines:
         specs.append(("torchrl-cql", "baseline", lambda: build_torchrl_cql(args, device, rb), "cql_spec_minimal",
                       "torchrl_cql_evaluated"))
@@ -699,8 +743,8 @@ def _main(args: argparse.Namespace) -> dict:
         print(f"(others' CPU load during the profile: {_fmt(100 * m.foreign if m.foreign is not None else None, '.0f')}%)")
 
     # ---- assemble
-    ref = next((r for r in records if r["name"] == REFERENCE and r["updates_per_s_rounds"]), None)
-    ref_ups = statistics.median(ref["updates_per_s_rounds"]) if ref else None
+    refs = {key: next((r for r in records if r["name"] == name and r["updates_per_s_rounds"]), None)
+            for key, name in REFERENCES.items()}
     for rec in records:
         ups = rec["updates_per_s_rounds"]
         med = statistics.median(ups) if ups else None
@@ -712,10 +756,15 @@ def _main(args: argparse.Namespace) -> dict:
         loads = [f for f in rec["foreign_load_rounds"] if f is not None]
         rec["foreign_load_median"] = statistics.median(loads) if loads else None
         rec["ms_per_update_median"] = 1e3 / med if med else None
-        rec["ratio_vs_torchrl_cql"] = med / ref_ups if med and ref_ups else None
-        # paired: the ratio within each round (both ran a few seconds apart), then the median
-        pairs = [u / v for u, v in zip(ups, ref["updates_per_s_rounds"])] if ref and ups else []
-        rec["ratio_vs_torchrl_cql_paired_median"] = statistics.median(pairs) if pairs else None
+        for key, ref in refs.items():
+            ref_ups = ref["updates_per_s_rounds"] if ref else []
+            rec[f"ratio_vs_{key}"] = med / statistics.median(ref_ups) if med and ref_ups else None
+            # paired: the ratio within each round (both ran a few seconds apart), then the
+            # median; min/max: the spread of the paired ratio across rounds
+            pairs = [u / v for u, v in zip(ups, ref_ups)]
+            rec[f"ratio_vs_{key}_paired_rounds"] = pairs
+            for stat, fn in (("median", statistics.median), ("min", min), ("max", max)):
+                rec[f"ratio_vs_{key}_paired_{stat}"] = fn(pairs) if pairs else None
         rec["gflops_per_s"] = med * rec["reference_flops"] / 1e9 if med else None
         rec["gflops_per_s_evaluated"] = med * rec["evaluated_flops"] / 1e9 if med else None
         for key in PEAK_DTYPES:
@@ -744,8 +793,10 @@ def _main(args: argparse.Namespace) -> dict:
         "wall_s": (_dt.datetime.now() - started).total_seconds(),
     }
 
+    slug = re.sub(r"[^a-z0-9]+", "-", str(machine["device_name"] or device.type).lower()).strip("-")[:40]
     path = Path(args.json) if args.json else (
-        Path(__file__).resolve().parent / "results" / f"{device.type}-{started:%Y%m%d-%H%M%S}.json")
+        Path(__file__).resolve().parent / "results"
+        / f"{slug}-{machine['torch_threads']}t-{started:%Y%m%d-%H%M%S}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str))
 

@@ -2,6 +2,7 @@
 JSON it writes. No timing is asserted (the machines are shared and noisy)."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import math
@@ -10,15 +11,76 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_update.py"
+from cql_reference import record_samples
+from helpers import ACT, make_batch, make_loss
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_update", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _load("bench_update")
+
+
+def test_corl_structured_matches_cqlloss():
+    """The CORL-structured contestant computes CQLLoss's values and critic gradients
+    (same weights, same samples, float64): it is a peer, not a different algorithm."""
+    corl_mod = _load("corl_structured")
+    N, B = 3, 8
+    loss = make_loss(num_actions=N).double()
+    # the buffer was computed in float32 before .double(); CORL's constant is float64's log(0.5 ** A)
+    loss.uniform_log_density.fill_(ACT * math.log(0.5))
+    td = make_batch(B=B).double()
+    rec = record_samples(loss)
+    out = loss(td.clone())
+    out["loss_qvalue"].backward()
+
+    def critic_copy(k, target):
+        params = loss.target_qvalue_network_params if target else loss.qvalue_network_params
+        net = copy.deepcopy(loss.qvalue_network.module).double()
+        net.load_state_dict({".".join(key[1:]): v[k].detach() for key, v in params.items(True, True)})
+        return net
+
+    corl = corl_mod.CORLStructuredCQL(loss.actor_network.module[0].module, critic_copy(0, False),
+                                      critic_copy(1, False), ACT, num_actions=N)
+    corl.target_critic_1, corl.target_critic_2 = critic_copy(0, True), critic_copy(1, True)
+    acts, logp = rec["actions"], rec["logp"]  # [1 + N, 2 (s, s'), B, A]
+    # CORL's actor calls, in its order: pi(s), pi(s'), N at s, N at s' (state-major)
+    queue = [(acts[0, 0], logp[0, 0]), (acts[0, 1], logp[0, 1]),
+             (acts[1:, 0].transpose(0, 1), logp[1:, 0].T), (acts[1:, 1].transpose(0, 1), logp[1:, 1].T)]
+    corl.actor = lambda obs, repeat=None: queue.pop(0)
+    corl.random_actions = lambda b: rec["uniform"].transpose(0, 1)
+    mine = corl.losses(td["observation"], td["action"], td["next", "observation"], td["next", "reward"].reshape(B),
+                       td["next", "terminated"].reshape(B).double())
+    assert not queue
+    tol = {"rtol": 1e-10, "atol": 1e-12}
+    for key in ("loss_actor", "loss_qvalue", "loss_alpha"):
+        torch.testing.assert_close(mine[key], out[key].detach(), **tol, msg=key)
+    mine["loss_qvalue"].backward()
+    ours = {key: v.grad for key, v in loss.qvalue_network_params.items(True, True)}
+    for k, critic in enumerate((corl.critic_1, corl.critic_2)):
+        for name, p in critic.named_parameters():
+            torch.testing.assert_close(p.grad, ours[("module", *name.split("."))][k], **tol)
+
+
+def test_corl_structured_train_steps_three_optimizers():
+    corl_mod = _load("corl_structured")
+    loss = make_loss(num_actions=2)
+    critics = [copy.deepcopy(loss.qvalue_network.module) for _ in range(2)]
+    corl = corl_mod.CORLStructuredCQL(loss.actor_network.module[0].module, *critics, ACT, num_actions=2)
+    before = [p.detach().clone() for p in corl.parameters()]
+    target_before = [p.detach().clone() for p in corl.target_critic_1.parameters()]
+    out = corl.train(make_batch(B=8))
+    assert set(out) == {"loss_actor", "loss_qvalue", "loss_alpha"}
+    assert all(not torch.equal(a, b) for a, b in zip(before, corl.parameters()))  # every group stepped
+    assert any(not torch.equal(a, b) for a, b in zip(target_before, corl.target_critic_1.parameters()))
 
 
 def test_flop_count_matches_spec_anchor(bench):
@@ -27,6 +89,7 @@ def test_flop_count_matches_spec_anchor(bench):
     assert 13e9 < f["cql_spec_minimal"] < 14e9
     assert f["cql_spec_minimal"] < f["ours_evaluated"] < f["torchrl_cql_evaluated"]
     assert f["sac_minimal"] < f["cql_spec_minimal"] / 10
+    assert f["cql_spec_minimal"] < f["corl_structured_evaluated"]
 
 
 def test_modes_table_entries_are_component_kwargs(bench):
@@ -40,22 +103,28 @@ def test_main_tiny_shape_writes_json(bench, tmp_path, monkeypatch):
     # a mode the installed UpdateStep cannot run is reported, not fatal
     monkeypatch.setitem(bench.OUR_MODES, "bogus", {"step": {"no_such_option": True}})
     out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
     result = bench.main([
+        "--threads", "1",
         "--hidden", "16", "--batch-size", "8", "--num-actions", "2",
         "--rounds", "1", "--steps", "2", "--warmup", "1",
         "--dataset-size", "256", "--peak-seconds", "0.005", "--peak-square", "64",
         "--modes", "eager,bogus", "--json", str(out),
     ])
+    assert torch.get_num_threads() == threads  # restored
     data = json.loads(out.read_text())
     assert data["schema_version"] == bench.SCHEMA_VERSION
     assert data["timestamp"] == result["timestamp"]
 
     cfg = data["config"]
     assert (cfg["batch_size"], cfg["hidden"], cfg["rounds"], cfg["steps"]) == (8, 16, 1, 2)
-    assert cfg["device"] == "cpu" and cfg["threads"] == torch.get_num_threads()
+    assert cfg["device"] == "cpu" and cfg["threads"] == 1 and data["machine"]["torch_threads"] == 1
 
-    for key in ("cpu_model", "torch", "torchrl", "tensordict", "torch_threads", "device_name"):
+    for key in ("cpu_model", "cpu_flags", "cpu_caches_per_core_bytes", "lscpu_caches", "torch", "torchrl",
+                "tensordict", "torch_threads", "device_name"):
         assert key in data["machine"]
+    if Path("/sys/devices/system/cpu/cpu0/cache").exists():
+        assert data["machine"]["cpu_caches_per_core_bytes"]["L2"] > 0
     for dtype in ("fp32", "bf16"):
         assert "gflops" in data["peaks"][dtype] and data["peaks"][dtype]["by_shape"]
     assert data["peaks"]["fp32"]["gflops"] > 0
@@ -63,19 +132,23 @@ def test_main_tiny_shape_writes_json(bench, tmp_path, monkeypatch):
     assert data["sampling_ms_median"] > 0
 
     rows = {r["name"]: r for r in data["results"]}
-    assert set(rows) == {"ours:eager", "ours:bogus", "torchrl-cql", "torchrl-sac"}
+    assert set(rows) == {"ours:eager", "ours:bogus", "corl-structured", "torchrl-cql", "torchrl-sac"}
     bogus = rows.pop("ours:bogus")
     assert bogus["status"] == "unsupported" and "no_such_option" in bogus["error"]
     for r in rows.values():
         assert r["status"] == "ok", r
         assert len(r["updates_per_s_rounds"]) == 1
-        for key in ("updates_per_s_median", "ms_per_update_median", "ratio_vs_torchrl_cql", "gflops_per_s",
-                    "fraction_fp32_peak", "fraction_bf16_peak", "reference_flops", "evaluated_flops"):
+        for key in ("updates_per_s_median", "ms_per_update_median", "ratio_vs_torchrl_cql", "ratio_vs_corl",
+                    "ratio_vs_corl_paired_median", "ratio_vs_corl_paired_min", "ratio_vs_corl_paired_max",
+                    "ratio_vs_torchrl_cql_paired_median", "gflops_per_s", "fraction_fp32_peak", "fraction_bf16_peak",
+                    "reference_flops", "evaluated_flops"):
             assert isinstance(r[key], (int, float)) and math.isfinite(r[key]) and r[key] > 0, (r["name"], key)
         assert r["updates_per_s_best"] >= r["updates_per_s_median"]
         assert len(r["foreign_load_rounds"]) == 1 and "updates_per_s_quiet_median" in r
         mem = r["memory"]
         assert mem["batch_size"] == 8 and mem["peak_mb"] > 0 and mem["step_increase_mb"] > 0
     assert rows["torchrl-cql"]["ratio_vs_torchrl_cql"] == pytest.approx(1.0)
+    assert rows["corl-structured"]["ratio_vs_corl_paired_median"] == pytest.approx(1.0)
+    assert rows["corl-structured"]["evaluated_flops"] > rows["ours:eager"]["evaluated_flops"]
     assert rows["torchrl-sac"]["flops_accounting"] == "sac_minimal"
     assert rows["ours:eager"]["flops_accounting"] == "cql_spec_minimal"

@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""Update steps/s of ours (fused critic) as a function of the fused critic's block size.
+
+One ``CQLLoss`` + ``UpdateStep`` at CORL's shape (``bench_update.py``'s builder); each
+round times ``--steps`` updates per block size, block sizes alternating (order rotated
+per round), so that the noise of shared cores hits every size alike. Prints the median
+rate per size and its ratio to the cache-derived default
+(``cql_modules.objectives.fused.default_block_rows``), paired per round.
+
+    python benchmarks/bench_block_rows.py --threads 2 --rows 256,512,1024,2048,4096,8192
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_update  # noqa: E402  (sibling script)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", default="256,512,1024,2048,4096,8192", help="comma-separated block sizes (rows)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--mode", default="eager", help=f"one of {list(bench_update.OUR_MODES)}")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--num-actions", type=int, default=10)
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    from cql_modules.objectives.cache_blocking import cpu_cache_bytes, default_block_rows
+
+    bargs = bench_update.parse_args(["--batch-size", str(a.batch_size), "--hidden", str(a.hidden),
+                                     "--num-actions", str(a.num_actions), "--dataset-size", "20000"])
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    rb = bench_update.make_replay_buffer(bargs.dataset_size, a.batch_size, device, 0)
+    step, loss = bench_update.build_ours(a.mode, bargs, device, rb)
+    dtype = loss.critic_compute_dtype or torch.float32
+    default = default_block_rows(a.hidden, loss.num_qvalue_nets, dtype)
+    sizes = sorted({int(r) for r in a.rows.split(",") if r} | {default})
+    rates: dict[int, list[float]] = {r: [] for r in sizes}
+    for r in sizes:  # warm-up (allocations of each block size)
+        loss.fused_block_rows = r
+        step()
+    for rnd in range(a.rounds):
+        order = sizes[rnd % len(sizes):] + sizes[: rnd % len(sizes)]
+        for r in order:
+            loss.fused_block_rows = r
+            t0 = time.perf_counter()
+            for _ in range(a.steps):
+                step()
+            rates[r].append(a.steps / (time.perf_counter() - t0))
+        print(f"round {rnd + 1}: " + ", ".join(f"{r}: {rates[r][-1]:.2f}" for r in sizes), flush=True)
+    res = {"threads": torch.get_num_threads(), "mode": a.mode, "cpu": bench_update.machine_info(device)["cpu_model"],
+           "caches": cpu_cache_bytes(), "default_block_rows": default, "rates": rates}
+    print(f"\n{res['cpu']}, {res['threads']} threads, caches {res['caches']}, default block rows {default}")
+    print("| block rows | updates/s (median) | paired vs default [range] |\n|---:|---:|---:|")
+    for r in sizes:
+        pair = [u / v for u, v in zip(rates[r], rates[default])]
+        print(f"| {r}{' (default)' if r == default else ''} | {statistics.median(rates[r]):.2f} "
+              f"| {statistics.median(pair):.3f}x [{min(pair):.3f}-{max(pair):.3f}] |")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2))
+    return res
+
+
+if __name__ == "__main__":
+    main()
