@@ -175,8 +175,8 @@ def resume_config(saved: Any, requested: Any, explicit: list[str] | None) -> tup
 
     old, new = leaves(saved_c), leaves(requested_c)
     names = explicit if explicit is not None else list(new)
-    changed = {k: (old.get(k), new.get(k)) for k in new
-               if any(k == n or k.startswith(n + ".") for n in names) and old.get(k, new[k]) != new[k]}
+    named = [k for k in new if k != "resume" and any(k == n or k.startswith(n + ".") for n in names)]
+    changed = {k: (old.get(k), new[k]) for k in named if old.get(k, new[k]) != new[k]}
     refused = {k: v for k, v in changed.items() if k not in RESUMABLE_FIELDS}
     if refused:
         listed = "; ".join(f"{k}: saved {a!r}, requested {b!r}" for k, (a, b) in sorted(refused.items()))

@@ -223,7 +223,8 @@ class RunLogger:
         return read_metrics(self.metrics_path)
 
     def rewind(self, step: int, source_dir: str | os.PathLike | None = None) -> None:
-        """Forget what was logged after ``step`` (resume from a checkpoint at ``step``).
+        """Forget what was logged after ``step`` (resume from a checkpoint at ``step``):
+        ``metrics.jsonl`` and the CSV files are cut, TensorBoard is told to purge.
 
         ``source_dir``: run directory of the checkpoint; when it is another directory, its
         ``metrics.jsonl`` up to ``step`` becomes this run's history.
@@ -237,6 +238,14 @@ class RunLogger:
             for r in kept:
                 f.write(json.dumps(r) + "\n")
         self._jsonl = open(self.metrics_path, "a")
+        if "tensorboard" in self.loggers:
+            from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+            # TensorBoard hides every event at or after the step of a SessionLog.START (what
+            # SummaryWriter(purge_step=...) writes; that argument exists only at construction)
+            writer = self.loggers["tensorboard"].experiment
+            writer.file_writer.add_event(Event(step=step + 1, session_log=SessionLog(status=SessionLog.START)))
+            writer.flush()
         if "csv" in self.loggers:
             experiment = self.loggers["csv"].experiment
             for fd in experiment.files.values():
