@@ -18,6 +18,7 @@ from .collect import (
     collect_episodes,
     ensure_default_dataset,
 )
+from .discrete import CARTPOLE_DATASET_ID, build_cartpole_dataset  # importing registers its local builder
 from .d4rl import D4RL_DATASETS, d4rl_cache_dir, read_d4rl_hdf5
 from .envs import make_env
 from .errors import DatasetError, DatasetNotFoundError
@@ -28,6 +29,7 @@ from .transforms import RewardModification, StateNormalizer
 from .transitions import EpisodeStats, Transitions, return_to_go
 
 __all__ = [
+    "CARTPOLE_DATASET_ID",
     "D4RL_DATASETS",
     "DEFAULT_DATASET_ID",
     "SCRIPTED_CONTROLLERS",
@@ -40,6 +42,7 @@ __all__ = [
     "RewardModification",
     "StateNormalizer",
     "Transitions",
+    "build_cartpole_dataset",
     "build_default_dataset",
     "build_minari_dataset",
     "collect_episodes",

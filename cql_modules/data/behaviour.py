@@ -34,7 +34,14 @@ def pendulum_swing_up(obs: torch.Tensor) -> torch.Tensor:
     return torch.where(cos > 0.85, stabilize, pump).clamp(-2.0, 2.0).unsqueeze(-1)
 
 
-SCRIPTED_CONTROLLERS: dict[str, ActionFn] = {"Pendulum-v1": pendulum_swing_up}
+def cartpole_balance(obs: torch.Tensor) -> torch.Tensor:
+    """Scripted expert for gymnasium ``CartPole-v1`` (return 500, the time limit, from every
+    start tried): push right (action 1) when ``10 th + 2 thdot + x + xdot > 0``."""
+    x, xdot, th, thdot = obs.unbind(-1)
+    return (10.0 * th + 2.0 * thdot + x + xdot > 0).long()
+
+
+SCRIPTED_CONTROLLERS: dict[str, ActionFn] = {"Pendulum-v1": pendulum_swing_up, "CartPole-v1": cartpole_balance}
 
 
 POLICY_FILE_FORMAT = "cql-modules/policy-v1"
@@ -192,10 +199,38 @@ class BehaviourPolicy(nn.Module):
         return tensordict
 
 
+class DiscreteBehaviourPolicy(nn.Module):
+    """``BehaviourPolicy`` for a ``Discrete`` action space: the base action (an integer),
+    replaced by a uniform one with probability ``epsilon``; ``noise_std`` does not apply."""
+
+    def __init__(self, action_space: gym.spaces.Discrete, base: ActionFn | None = None, noise_std: float = 0.0,
+                 epsilon: float = 0.0, seed: int = 0):  # fmt: skip
+        super().__init__()
+        if noise_std:
+            raise DatasetError(f"noise_std applies to continuous actions; use epsilon for {action_space}")
+        self.num_actions, self.base, self.epsilon = int(action_space.n), base, epsilon
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        obs = tensordict[keys.OBSERVATION]
+        uniform = torch.randint(self.num_actions, obs.shape[:-1], generator=self.generator)
+        if self.base is None:
+            action = uniform
+        else:
+            action = self.base(obs.float()).reshape(obs.shape[:-1]).long()
+            explore = torch.rand(obs.shape[:-1], generator=self.generator) < self.epsilon
+            action = torch.where(explore, uniform, action)
+        tensordict[keys.ACTION] = action
+        return tensordict
+
+
 __all__ = [
     "BehaviourPolicy",
+    "DiscreteBehaviourPolicy",
     "POLICY_FILE_FORMAT",
     "SCRIPTED_CONTROLLERS",
+    "cartpole_balance",
     "load_behaviour_policy",
     "pendulum_swing_up",
     "resolve_policy",

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from . import keys
-from .behaviour import ActionFn, BehaviourPolicy, resolve_policy
+from .behaviour import ActionFn, BehaviourPolicy, DiscreteBehaviourPolicy, resolve_policy
 from .errors import DatasetError
 from .minari_source import is_local_minari, minari_root
 
@@ -116,7 +116,8 @@ def make_vector_env(env_id: str, num_envs: int):
     level = torchrl_logger.level
     torchrl_logger.setLevel(logging.WARNING)  # silence the info-dict spec probing messages
     try:
-        return GymWrapper(venv), venv.single_action_space
+        # Discrete actions as integers (TorchRL's Categorical), as Minari stores them
+        return GymWrapper(venv, categorical_action_encoding=True), venv.single_action_space
     finally:
         torchrl_logger.setLevel(level)
 
@@ -142,7 +143,8 @@ def collect_episodes(
     base = resolve_policy(behaviour.policy, env_id, trust_policy_file=trust_policy_file)  # before any env starts
     n_envs = min(num_envs, behaviour.episodes)
     env, action_space = make_vector_env(env_id, n_envs)
-    policy = BehaviourPolicy(action_space, base, behaviour.noise_std, behaviour.epsilon, seed=seed)
+    policy_cls = DiscreteBehaviourPolicy if isinstance(action_space, gym.spaces.Discrete) else BehaviourPolicy
+    policy = policy_cls(action_space, base, behaviour.noise_std, behaviour.epsilon, seed=seed)
     env.set_seed(seed)  # before the collector's first reset, so its first observations are the seeded ones
     collector = Collector(
         env, policy, frames_per_batch=n_envs * steps, total_frames=-1, auto_register_policy_transforms=False
@@ -202,6 +204,64 @@ def _minari_root_at(path: Path):
             os.environ["MINARI_DATASETS_PATH"] = old
 
 
+def write_minari_dataset(
+    dataset_id: str,
+    episodes: Sequence[dict],
+    *,
+    env,
+    eval_env,
+    ref_min_score: float,
+    ref_max_score: float,
+    num_episodes_average_score: int,
+    algorithm_name: str,
+    description: str,
+    code_permalink: str = "cql_modules/data/collect.py",
+    overwrite: bool = False,
+) -> None:
+    """Write Minari-style episode dicts as Minari dataset ``dataset_id`` (``env`` /
+    ``eval_env``: an id or a full ``EnvSpec``). Written under a temporary root and moved into
+    minari's root in one rename, so an interrupted or concurrent build never leaves a
+    half-written dataset."""
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    root = minari_root()
+    target = root / dataset_id
+    buffers = [EpisodeBuffer(id=i, **ep) for i, ep in enumerate(episodes)]
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".build-"))  # hidden: minari ignores it
+    try:
+        with _minari_root_at(tmp):
+            minari.create_dataset_from_buffers(
+                dataset_id,
+                buffers,
+                env=env,
+                eval_env=eval_env,
+                algorithm_name=algorithm_name,
+                author="cql-modules",
+                author_email="n/a",
+                code_permalink=code_permalink,
+                ref_min_score=ref_min_score,
+                ref_max_score=ref_max_score,
+                num_episodes_average_score=num_episodes_average_score,
+                description=description,
+            )
+        if overwrite and target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for parent in Path(dataset_id).parents:  # minari's namespace metadata files
+            meta = tmp / parent / "namespace_metadata.json"
+            if str(parent) != "." and meta.exists() and not (root / meta.relative_to(tmp)).exists():
+                shutil.copy(meta, root / meta.relative_to(tmp))
+        try:
+            os.rename(tmp / dataset_id, target)
+        except OSError:
+            if not is_local_minari(dataset_id):  # else a concurrent build won: keep theirs
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def build_minari_dataset(
     dataset_id: str,
     env_id: str,
@@ -226,9 +286,6 @@ def build_minari_dataset(
     :func:`~cql_modules.data.behaviour.load_behaviour_policy`).
     Returns the measured numbers (returns, normalized behaviour score, seconds).
     """
-    import minari
-    from minari.data_collector import EpisodeBuffer
-
     # Every input is checked before the first episode is collected.
     lookup_env_spec(env_id)
     if not behaviour:
@@ -255,45 +312,23 @@ def build_minari_dataset(
         env_id, BehaviourSpec(reference_policy, reference_episodes), num_envs=num_envs, seed=ref_seed + 1,
         progress=progress, trust_policy_file=trust_policy_file,
     ))  # fmt: skip
-    buffers = [EpisodeBuffer(id=i, **ep) for i, ep in enumerate(episodes)]
-
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".build-"))  # hidden: minari ignores it
-    try:
-        with _minari_root_at(tmp):
-            minari.create_dataset_from_buffers(
-                dataset_id,
-                buffers,
-                env=env_id,
-                eval_env=env_id,
-                algorithm_name="cql-modules behaviour mixture: "
-                + ", ".join(
-                    f"{s.episodes}x{s.policy if isinstance(s.policy, str) else 'policy'}"
-                    f"(noise={s.noise_std},eps={s.epsilon})"
-                    for s in behaviour
-                ),  # fmt: skip
-                author="cql-modules",
-                author_email="n/a",
-                code_permalink="cql_modules/data/collect.py",
-                ref_min_score=ref_min,
-                ref_max_score=ref_max,
-                num_episodes_average_score=reference_episodes,
-                description=description or f"Behaviour mixture collected in {env_id} by cql_modules.data.collect",
-            )
-        if overwrite and target.exists():
-            shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for parent in Path(dataset_id).parents:  # minari's namespace metadata files
-            meta = tmp / parent / "namespace_metadata.json"
-            if str(parent) != "." and meta.exists() and not (root / meta.relative_to(tmp)).exists():
-                shutil.copy(meta, root / meta.relative_to(tmp))
-        try:
-            os.rename(tmp / dataset_id, target)
-        except OSError:
-            if not is_local_minari(dataset_id):  # else a concurrent build won: keep theirs
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_minari_dataset(
+        dataset_id,
+        episodes,
+        env=env_id,
+        eval_env=env_id,
+        ref_min_score=ref_min,
+        ref_max_score=ref_max,
+        num_episodes_average_score=reference_episodes,
+        algorithm_name="cql-modules behaviour mixture: "
+        + ", ".join(
+            f"{s.episodes}x{s.policy if isinstance(s.policy, str) else 'policy'}"
+            f"(noise={s.noise_std},eps={s.epsilon})"
+            for s in behaviour
+        ),  # fmt: skip
+        description=description or f"Behaviour mixture collected in {env_id} by cql_modules.data.collect",
+        overwrite=overwrite,
+    )
     behaviour_return = mean_return(episodes)
     return {
         "episodes": len(episodes),

@@ -131,7 +131,7 @@ def make_env(
         elif info.flatten_observation:
             gym_env = gym.wrappers.FlattenObservation(gym_env)
         check_spaces(info, gym_env.observation_space, gym_env.action_space)
-    env = TransformedEnv(GymWrapper(gym_env, device=device), DoubleToFloat())
+    env = TransformedEnv(GymWrapper(gym_env, device=device, categorical_action_encoding=True), DoubleToFloat())
     if normalizer is not None:
         env.append_transform(normalizer.transform())
     if seed is not None:
@@ -144,7 +144,10 @@ def check_spaces(info: DatasetInfo, observation_space: gym.Space, action_space: 
     problems = []
     if getattr(observation_space, "shape", None) != info.observation_space.shape:
         problems.append(f"observation shape {observation_space.shape} != {info.observation_space.shape}")
-    if getattr(action_space, "shape", None) != info.action_space.shape:
+    if isinstance(info.action_space, gym.spaces.Discrete) or isinstance(action_space, gym.spaces.Discrete):
+        if action_space != info.action_space:
+            problems.append(f"action space {action_space} != {info.action_space}")
+    elif getattr(action_space, "shape", None) != info.action_space.shape:
         problems.append(f"action shape {getattr(action_space, 'shape', action_space)} != {info.action_space.shape}")
     elif not (
         np.allclose(action_space.low, info.action_space.low) and np.allclose(action_space.high, info.action_space.high)

@@ -55,7 +55,9 @@ class DatasetInfo:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (for logs and checkpoints); spaces as shapes and bounds."""
 
-        def box(space: gym.spaces.Box) -> dict[str, Any]:
+        def box(space: gym.spaces.Box | gym.spaces.Discrete) -> dict[str, Any]:
+            if isinstance(space, gym.spaces.Discrete):
+                return {"n": int(space.n)}
             return {"shape": list(space.shape), "low": space.low.tolist(), "high": space.high.tolist()}
 
         return {

@@ -106,8 +106,8 @@ def read_minari(dataset) -> MinariData:
     """Read every episode of a ``MinariDataset`` (one h5py read per episode, then concatenate)."""
     obs_space, flatten = _flat_space(dataset.observation_space)
     act_space = dataset.action_space
-    if not (isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1):
-        raise DatasetError(f"unsupported action space {act_space}: need a 1-D Box")
+    if not (isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1 or isinstance(act_space, gym.spaces.Discrete)):
+        raise DatasetError(f"unsupported action space {act_space}: need a 1-D Box or a Discrete space")
     obs, next_obs, actions, rewards, terminals, timeouts, ends = [], [], [], [], [], [], []
     try:
         for ep in dataset.storage.get_episodes(dataset.episode_indices):

@@ -148,7 +148,8 @@ def to_tensordict(t: Transitions, mc_return: np.ndarray) -> TensorDict:
     return TensorDict(
         {
             keys.OBSERVATION: f32(t.observations),
-            keys.ACTION: f32(t.actions),
+            # discrete actions stay integers [N] (TorchRL's Categorical convention)
+            keys.ACTION: torch.from_numpy(t.actions.astype(np.int64)) if t.actions.dtype.kind in "iu" else f32(t.actions),
             keys.NEXT_OBSERVATION: f32(t.next_observations),
             keys.REWARD: f32(t.rewards).unsqueeze(-1),
             keys.DONE: flag(t.episode_ends),
