@@ -64,12 +64,15 @@ def test_fused_critic_sum_reduction_and_upstream_scale():
 
 def test_fused_critic_is_chosen_where_it_applies():
     loss = make_loss()
-    assert loss._use_fused_critic()  # CPU, ReLU MLP, mean reduction
-    assert not make_loss(reduction="none")._use_fused_critic()
-    assert make_loss(critic_compute_dtype="bfloat16")._use_fused_critic()
-    assert not make_loss(fused_critic=False)._use_fused_critic()
+    inputs = [torch.zeros(2, 3)]
+    assert loss._use_fused_critic(inputs)  # CPU, ReLU MLP, mean reduction
+    assert not make_loss(reduction="none")._use_fused_critic(inputs)
+    assert make_loss(critic_compute_dtype="bfloat16")._use_fused_critic(inputs)
+    assert not make_loss(fused_critic=False)._use_fused_critic(inputs)
+    # inputs that need a gradient (a shared encoder): plain autograd, even when forced
+    assert not make_loss(fused_critic=True)._use_fused_critic([torch.zeros(2, 3, requires_grad=True)])
     with torch.no_grad():
-        assert not loss._use_fused_critic()  # nothing to differentiate
+        assert not loss._use_fused_critic(inputs)  # nothing to differentiate
 
 
 def test_fused_critic_calibration_ties_split_the_gradient_like_torch_maximum():
@@ -122,5 +125,5 @@ def test_fused_critic_single_linear_layer_critic():
     torch.manual_seed(0)
     critic = ValueOperator(MLP(in_features=5, out_features=1, depth=0, num_cells=[]), in_keys=["observation", "action"])
     loss = CQLLoss(make_actor(3, 2, hidden_dim=8), critic, num_actions=3)
-    assert loss._use_fused_critic()
+    assert loss._use_fused_critic([torch.zeros(2, 5)])
     _compare(loss, make_batch(B=9))

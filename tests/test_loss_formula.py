@@ -88,24 +88,38 @@ def test_asymmetric_action_bounds_match_reference():
 
 
 def test_bc_warmup_then_sac():
-    """First bc_steps updates use log pi(a|s) of the dataset action, then Q(s, a_pi)."""
+    """First bc_steps optimizer updates use log pi(a|s) of the dataset action, then Q(s, a_pi)."""
     loss = make_loss(bc_steps=2)
     td = make_batch()
     rec = record_samples(loss)
     for step in range(4):
         out = loss(td)
         ref = reference_cql(loss, td, rec, K=2, N=10, gamma=0.99, bc_active=step < 2)
-        # loss_alpha/loss_actor computed before the counter moves
         _check(out, {"loss_actor": ref["loss_actor"], "loss_qvalue": ref["loss_qvalue"]})
+        loss.count_update()
     assert int(loss.n_updates) == 4
     assert "n_updates" in loss.state_dict()
 
 
-def test_eval_mode_does_not_count_updates():
+def test_forward_calls_do_not_count_updates_optimizer_steps_do():
+    """The warm-up counts optimizer updates: extra forward calls (evaluation, metrics,
+    gradient accumulation) do not move it; an optimizer hook or UpdateStep does."""
+    from cql_modules.train.update import UpdateStep, make_optimizer
+
     loss = make_loss(bc_steps=2)
-    loss.eval()
-    loss(make_batch())
+    for _ in range(3):
+        loss(make_batch())
     assert int(loss.n_updates) == 0
+    opt = torch.optim.SGD(loss.parameters(), lr=0.0)
+    handle = loss.register_update_counter(opt)
+    opt.step()
+    opt.step()
+    handle.remove()
+    opt.step()
+    assert int(loss.n_updates) == 2
+    step = UpdateStep(loss, make_optimizer(loss))
+    step(make_batch())
+    assert int(loss.n_updates) == 3
 
 
 def test_reduction_none_per_sample_values():

@@ -103,9 +103,12 @@ def test_cuda_matches_cpu():
 
 
 def _q(loss, obs, act, k=0):
+    """Q of critic k at obs [B, O] and actions [B, A] or [M, B, A] (-> [B] or [M, B])."""
+    actions = act.transpose(0, 1) if act.ndim == 3 else act[:, None]  # [B, M, A]
     with torch.no_grad():
-        return loss._q_values(loss.qvalue_network_params, TensorDict({"observation": obs}, [obs.shape[0]]),
-                              act)[k]
+        inputs = loss._critic_inputs(TensorDict({"observation": obs}, [obs.shape[0]]), actions)
+        q = loss._q_values(loss.qvalue_network_params, inputs)[k]  # [B, M]
+    return q.T if act.ndim == 3 else q[:, 0]
 
 
 @pytest.mark.parametrize("cql_alpha", [0.0, 5.0])

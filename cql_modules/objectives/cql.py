@@ -1,8 +1,10 @@
 """Conservative Q-Learning (and Cal-QL) as a TorchRL ``LossModule``.
 
-The math is fixed by ``cql-spec.md`` (CQL reference code + CORL). Section numbers in
-comments refer to that spec. Differences from ``torchrl.objectives.CQLLoss`` (all
-regression-tested, see ``tests/test_loss_defects.py``):
+The equations are in docs/cql.md; every term is a pure function of
+:mod:`cql_modules.objectives.terms`, and :meth:`CQLLoss.forward` only samples the actions,
+evaluates the networks and combines the named terms. Differences from
+``torchrl.objectives.CQLLoss`` (all regression-tested, ``tests/test_loss_defects.py``;
+docs/cql.md, section 9):
 
 * Lagrange: alpha' multiplies the penalty, and its loss is detached from the critic.
 * The logsumexp runs over all 3N sampled actions of a state, not over 3 values per action.
@@ -18,18 +20,20 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
-from tensordict.nn import TensorDictModule
+from tensordict.nn import TensorDictModule, TensorDictModuleBase
 from tensordict.utils import NestedKey, unravel_key
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.distributions import Distribution
 from torchrl.objectives.common import LossModule
-from torchrl.objectives.utils import _reduce, distance_loss
+from torchrl.objectives.utils import ValueEstimators, _reduce, _vmap_func
 
-from cql_modules.objectives.fused import FusedCriticConfig, FusedCriticGrad
 from cql_modules.modules import ensemble_mlp, is_relu_mlp
+from cql_modules.objectives import terms
+from cql_modules.objectives.fused import FusedCriticConfig, FusedCriticGrad
 
 __all__ = ["CQLLoss"]
 
@@ -41,6 +45,35 @@ def _reinit(module: nn.Module) -> None:
         return
     for child in module.children():
         _reinit(child)
+
+
+def _bounded_spec(actor: TensorDictModuleBase, action_spec):
+    """The actor's bounded action spec: ``action_spec`` itself, or the one entry of the
+    actor's (composite) spec with finite bounds (its log-prob and loc/scale have none)."""
+    if action_spec is None:
+        action_spec = getattr(actor, "spec", None)
+        if action_spec is not None and hasattr(action_spec, "keys"):  # Composite keyed by out_keys
+            keys = action_spec.keys(True, True)
+            bounded = [k for k in actor.out_keys if k in keys and hasattr(getattr(action_spec[k], "space", None), "low")]
+            action_spec = action_spec[bounded[-1]] if bounded else None
+    if action_spec is None or not hasattr(getattr(action_spec, "space", None), "low"):
+        raise ValueError(
+            "CQLLoss needs a bounded action spec for its uniform proposal: pass action_spec=Bounded(...) "
+            "or build the actor with one (cql_modules.make_actor)"
+        )
+    return action_spec
+
+
+class _Samples(NamedTuple):
+    """The actions one forward draws (docs/cql.md, section 1), state-major."""
+
+    dist: Distribution  # pi(.|s) and pi(.|s'), batch [2, B]
+    a_pi: torch.Tensor  # [B, A] reparameterised, at s
+    log_prob_pi: torch.Tensor  # [B]
+    a_target: torch.Tensor  # [B, n, A] at s' (n = N with max-target backup, else 1), detached
+    log_prob_target: torch.Tensor  # [B, n]
+    proposals: torch.Tensor  # [B, 3N, A]: N uniform, N from pi(.|s'), N from pi(.|s), detached
+    log_density: torch.Tensor  # [B, 3N] their log-densities
 
 
 class CQLLoss(LossModule):
@@ -55,12 +88,15 @@ class CQLLoss(LossModule):
     Args:
         actor_network: a ``ProbabilisticActor`` whose ``get_dist`` returns a tanh-squashed
             distribution (e.g. :func:`cql_modules.make_actor`).
-        qvalue_network: one critic (e.g. :func:`cql_modules.make_critic`), a
-            ``TensorDictModule`` whose ``module`` maps its ``in_keys`` (observation
-            keys and the action key) to Q; or a list of ``num_qvalue_nets`` critics.
-            A single critic is copied ``num_qvalue_nets`` times and each copy is
-            re-initialised with its own ``reset_parameters``. The ensemble is stored as
-            stacked parameters and evaluated in one batched call.
+        qvalue_network: one critic (e.g. :func:`cql_modules.make_critic`), any
+            ``TensorDictModuleBase`` reading its ``in_keys`` (observation keys and the
+            action key) and writing ``state_action_value`` (e.g. a
+            ``TensorDictSequential(encoder, ValueOperator(...))``); or a list of
+            ``num_qvalue_nets`` critics. A single critic is copied ``num_qvalue_nets``
+            times and each copy is re-initialised with its own ``reset_parameters``. The
+            ensemble is stored as stacked parameters (TorchRL's ``convert_to_functional``)
+            and evaluated in one batched call: explicit batched matmuls for a ReLU MLP
+            inside a ``TensorDictModule``, ``vmap`` over the parameters otherwise.
 
     Keyword Args:
         num_qvalue_nets: ensemble size K (>= 2 for the min over critics).
@@ -73,15 +109,21 @@ class CQLLoss(LossModule):
         lagrange, target_action_gap: learn alpha' to keep the gap at the target.
         temperature: tau of the logsumexp.
         cql_alpha: penalty weight.
-        max_target_backup, backup_entropy: TD-target options (spec section 3).
+        max_target_backup, backup_entropy: TD-target options (docs/cql.md, section 4).
         clip_diff_min, clip_diff_max: clamp of the per-state gap.
-        bc_steps: number of initial updates with a behaviour-cloning actor loss.
-        alpha_multiplier, auto_alpha, target_entropy: SAC temperature (section 1);
+        bc_steps: number of initial optimizer updates with a behaviour-cloning actor
+            loss; updates are counted by :meth:`count_update` (``UpdateStep`` calls it,
+            other pipelines call it or :meth:`register_update_counter`).
+        alpha_multiplier, auto_alpha, target_entropy: SAC temperature (docs/cql.md,
+            section 2);
             ``target_entropy="auto"`` is ``-|A|``.
         calibrated: Cal-QL lower bound by ``mc_return``.
         loss_function: TD distance, ``"l2"`` (default), ``"l1"`` or ``"smooth_l1"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-sample losses of the
-            batch shape).
+            batch shape). Importance weights of prioritized replay (key
+            ``priority_weight``, TorchRL's convention) weight the per-sample losses:
+            ``sum(w l) / sum(w)``, ``sum(w l)`` or ``w l``; set
+            ``loss.use_prioritized_weights = False`` to ignore them.
         critic_compute_dtype: optional lower precision (``torch.bfloat16`` or
             ``"bfloat16"``) for the critic ensemble's hidden layers, where nearly all
             FLOPs are. Master weights, gradients, the last layer and every loss formula
@@ -90,12 +132,16 @@ class CQLLoss(LossModule):
             :class:`cql_modules.objectives.fused.FusedCriticGrad` (same values and
             gradients, far less memory traffic). ``None`` (default): on for ReLU-MLP
             critics on CPU with a ``"mean"``/``"sum"`` reduction (also with
-            ``critic_compute_dtype``); ``False``: plain autograd; ``True``: on wherever it applies.
+            ``critic_compute_dtype``); ``False``: plain autograd; ``True``: on wherever it
+            applies. It steps aside (plain autograd) whenever the critic's inputs require
+            a gradient (e.g. a shared encoder in front of the critic) and under
+            ``torch.compile``, so it never changes a result.
 
     The output holds ``loss_actor``, ``loss_qvalue``, ``loss_alpha`` (and
     ``loss_alpha_prime`` with ``lagrange``), to be summed and back-propagated once, plus
     detached metrics with CORL's names. The per-sample TD error is written to the input
-    under ``td_error`` for prioritised replay.
+    under ``td_error`` for prioritised replay. The TD target is TD(0) computed inside the
+    loss; :meth:`make_value_estimator` can only change its discount.
 
     Example:
         >>> import torch
@@ -127,37 +173,38 @@ class CQLLoss(LossModule):
         """Tensor keys read and written by the loss (configure with ``set_keys``).
 
         Attributes:
-            observation: observation key (documentation only: the networks' own
-                ``in_keys`` decide what they read).
             action: dataset action.
-            reward, done, terminated: read under ``"next"``; only ``terminated`` stops
+            reward, terminated: read under ``"next"``; only ``terminated`` stops
                 bootstrapping (time-limit truncation does not).
-            state_action_value: the critic's output key.
+            state_action_value: the critic's output key (read on the generic critic path).
             mc_return: Monte-Carlo return-to-go (Cal-QL).
             priority: where the per-sample TD error is written.
+            priority_weight: importance weights of prioritized replay (read if present).
+
+        The observation keys are the networks' own ``in_keys``.
         """
 
-        observation: NestedKey = "observation"
         action: NestedKey = "action"
         reward: NestedKey = "reward"
-        done: NestedKey = "done"
         terminated: NestedKey = "terminated"
         state_action_value: NestedKey = "state_action_value"
         mc_return: NestedKey = "mc_return"
         priority: NestedKey = "td_error"
+        priority_weight: NestedKey = "priority_weight"
 
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
+    default_value_estimator = ValueEstimators.TD0
 
     actor_network: TensorDictModule
-    qvalue_network: TensorDictModule
+    qvalue_network: TensorDictModuleBase
     qvalue_network_params: TensorDictParams
     target_qvalue_network_params: TensorDictParams
 
     def __init__(
         self,
         actor_network: TensorDictModule,
-        qvalue_network: TensorDictModule | list[TensorDictModule],
+        qvalue_network: TensorDictModuleBase | list[TensorDictModuleBase],
         *,
         num_qvalue_nets: int = 2,
         action_spec=None,
@@ -198,7 +245,7 @@ class CQLLoss(LossModule):
 
         self.actor_network = actor_network
 
-        # Critic ensemble: K independently initialised copies, stacked.
+        # Critic ensemble: K independently initialised copies, stacked (also for K = 1).
         if isinstance(qvalue_network, (list, tuple)):
             critics = list(qvalue_network)
             if len(critics) != num_qvalue_nets:
@@ -212,44 +259,24 @@ class CQLLoss(LossModule):
                 c = copy.deepcopy(qvalue_network)
                 _reinit(c)
                 critics.append(c)
-        if not isinstance(getattr(critics[0], "module", None), nn.Module):
+        if not isinstance(critics[0], TensorDictModuleBase):
             raise TypeError(
-                "qvalue_network must be a TensorDictModule with a `module` (e.g. a ValueOperator "
-                "from cql_modules.make_critic)"
+                "qvalue_network must be a TensorDictModuleBase (e.g. a ValueOperator from "
+                f"cql_modules.make_critic), got {type(critics[0]).__name__}"
             )
-        self.convert_to_functional(
-            critics if num_qvalue_nets > 1 else critics[0],
-            "qvalue_network",
-            num_qvalue_nets if num_qvalue_nets > 1 else None,
-            create_target_params=True,
-        )
+        self.convert_to_functional(critics, "qvalue_network", num_qvalue_nets, create_target_params=True)
         self.num_qvalue_nets = num_qvalue_nets
-        # Names of the stacked parameters relative to the critic's inner module, for
-        # torch.func.functional_call (keys look like ("module", "0", "weight")).
-        self._q_param_keys = [k for k in self.qvalue_network_params.keys(True, True)]
-        for k in self._q_param_keys:
-            if k[0] != "module":
-                raise TypeError(f"critic parameter {k} is outside its `module`; wrap the critic in a ValueOperator")
-        self._q_param_names = [".".join(k[1:]) for k in self._q_param_keys]
         # Fast path for plain ReLU MLP critics: explicit batched matmuls (ensemble_mlp).
-        self._fast_critic = is_relu_mlp(critics[0].module)
+        self._fast_critic = isinstance(critics[0], TensorDictModule) and is_relu_mlp(getattr(critics[0], "module", None))
         if self._fast_critic:
             linear_idx = [str(i) for i, m in enumerate(critics[0].module.children()) if isinstance(m, nn.Linear)]
             self._q_weight_keys = [("module", i, "weight") for i in linear_idx]
             self._q_bias_keys = [("module", i, "bias") for i in linear_idx]
+        # Generic path, as TorchRL's SACLoss: the critic module vmapped over the stacked params.
+        self._vmap_critic = _vmap_func(self.qvalue_network, (None, 0), randomness=self.vmap_randomness)
 
         # Action bounds (uniform proposal, target entropy).
-        if action_spec is None:
-            action_spec = getattr(actor_network, "spec", None)
-            if action_spec is not None and hasattr(action_spec, "keys"):  # Composite keyed by out_keys
-                # a ProbabilisticActor writes its sampled action last (after loc/scale)
-                key = actor_network.out_keys[-1]
-                action_spec = action_spec[key] if key in action_spec.keys(True, True) else None
-        if action_spec is None or not hasattr(getattr(action_spec, "space", None), "low"):
-            raise ValueError(
-                "CQLLoss needs a bounded action spec for its uniform proposal: pass action_spec=Bounded(...) "
-                "or build the actor with one (cql_modules.make_actor)"
-            )
+        action_spec = _bounded_spec(actor_network, action_spec)
         low = torch.as_tensor(action_spec.space.low, dtype=torch.float32).reshape(-1)
         high = torch.as_tensor(action_spec.space.high, dtype=torch.float32).reshape(-1)
         if not torch.isfinite(low).all() or not torch.isfinite(high).all() or not (high > low).all():
@@ -294,12 +321,46 @@ class CQLLoss(LossModule):
         self.fused_critic = fused_critic
         # rows per block of the fused critic pass: activations of a block stay in L2
         self.fused_block_rows = 2048
-        # Update counter for the BC warm-up; a buffer so that it is checkpointed.
+        # Optimizer updates counted so far (BC warm-up); a buffer so that it is checkpointed.
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.long))
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ TorchRL contract
     def _forward_value_estimator_keys(self, **kwargs) -> None:
-        pass  # the TD target is computed in the loss (spec section 3), no estimator
+        pass  # the TD target is computed in the loss (docs/cql.md, section 4), no estimator
+
+    def make_value_estimator(self, value_type=None, **hyperparams):
+        """Set the discount of the loss's own TD(0) target (docs/cql.md, section 4).
+
+        ``make_value_estimator(gamma=0.9)``, ``make_value_estimator(ValueEstimators.TD0,
+        gamma=0.9)`` and ``make_value_estimator(TD0Estimator, gamma=0.9, value_network=None)``
+        change the discount actually used. Any other estimator or hyper-parameter raises
+        ``ValueError``: the CQL target (min over target critics at policy actions) is not a
+        state-value estimator.
+        """
+        from torchrl.objectives.value import TD0Estimator
+
+        unsupported = {k: v for k, v in hyperparams.items() if k != "gamma" and not (k == "value_network" and v is None)}
+        if value_type not in (None, ValueEstimators.TD0, TD0Estimator) or unsupported:
+            raise ValueError(
+                "CQLLoss computes its own TD(0) target (docs/cql.md, section 4): make_value_estimator accepts "
+                "only ValueEstimators.TD0 / TD0Estimator and gamma=..., got "
+                f"value_type={value_type!r} with {sorted(unsupported) or 'no other'} hyper-parameters"
+            )
+        if "gamma" in hyperparams:
+            self.gamma = float(hyperparams["gamma"])
+        self.value_type = ValueEstimators.TD0
+        return self
+
+    def count_update(self) -> None:
+        """Count one optimizer update (the behaviour-cloning warm-up runs for ``bc_steps``
+        of them). ``UpdateStep`` calls it after each optimizer step; another pipeline calls
+        it there too, or uses :meth:`register_update_counter`."""
+        self.n_updates.add_(1)
+
+    def register_update_counter(self, optimizer: torch.optim.Optimizer):
+        """Count every ``optimizer.step()`` with :meth:`count_update` (a step post-hook);
+        returns the hook's handle (``handle.remove()`` stops counting)."""
+        return optimizer.register_step_post_hook(lambda *_: self.count_update())
 
     @property
     def in_keys(self):
@@ -320,6 +381,17 @@ class CQLLoss(LossModule):
         keys = ["loss_actor", "loss_qvalue", "loss_alpha"]
         return keys + ["loss_alpha_prime"] if self.lagrange else keys
 
+    @property
+    def alpha(self) -> torch.Tensor:
+        if self.auto_alpha:
+            return self.log_alpha.exp() * self.alpha_multiplier
+        return torch.full((), self.alpha_multiplier, device=self.action_low.device)
+
+    @property
+    def alpha_prime(self) -> torch.Tensor | None:
+        return self.log_alpha_prime.exp().clamp(0.0, 1e6) if self.lagrange else None
+
+    # ------------------------------------------------------------------ sampling
     def _sample_policy(self, dist, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` reparameterised samples ``[n, *batch, A]`` and their log-probs ``[n, *batch]``.
 
@@ -336,240 +408,101 @@ class CQLLoss(LossModule):
         u = torch.rand(*shape, self.action_low.numel(), device=self.action_low.device, dtype=self.action_low.dtype)
         return self.action_low + (self.action_high - self.action_low) * u
 
-    def _q_values(self, params: TensorDictBase, obs_td: TensorDictBase, action: torch.Tensor) -> torch.Tensor:
-        """All K critics at (obs, action) in one batched call -> ``[K, *action.shape[:-1]]``.
+    def _sample(self, td: TensorDictBase) -> _Samples:
+        """One policy pass at s and s' and every action the loss needs (docs/cql.md, section 1)."""
+        keys = self.actor_network.in_keys
+        obs = TensorDict(
+            {k: torch.stack([_read(td, k), _read(td, unravel_key(("next", k)))]) for k in keys},
+            batch_size=[2, td.shape[0]],
+        )
+        dist = self.actor_network.get_dist(obs)
+        N = self.num_actions
+        n_target = N if self.max_target_backup else 1
+        # index 0..n_target-1: a_pi (at s) / target actions (at s'); the next N: proposals
+        actions, log_probs = self._sample_policy(dist, n_target + N)  # [n, 2, B, A], [n, 2, B]
+        actions, log_probs = actions.transpose(0, 2), log_probs.transpose(0, 2)  # [B, 2, n, A], [B, 2, n]
+        a_next, a_cur = actions[:, 1, n_target:].detach(), actions[:, 0, n_target:].detach()
+        lp_next, lp_cur = log_probs[:, 1, n_target:].detach(), log_probs[:, 0, n_target:].detach()
+        a_rand = self._sample_uniform((N, td.shape[0])).transpose(0, 1)
+        return _Samples(
+            dist=dist,
+            a_pi=actions[:, 0, 0],
+            log_prob_pi=log_probs[:, 0, 0],
+            a_target=actions[:, 1, :n_target].detach(),
+            log_prob_target=log_probs[:, 1, :n_target].detach(),
+            proposals=torch.cat([a_rand, a_next, a_cur], dim=1),
+            log_density=torch.cat([self.uniform_log_density.expand_as(lp_next), lp_next, lp_cur], dim=1),
+        )
 
-        ``obs_td`` holds the critic's non-action inputs with batch ``[B]``; ``action`` is
-        ``[*lead, B, A]`` and the observations are broadcast over ``lead``.
-        """
-        lead = action.shape[:-1]
-        inputs = self._critic_inputs(obs_td, action)
+    # ------------------------------------------------------------------ critics
+    def _critic_obs_keys(self) -> list[NestedKey]:
+        return [k for k in self.qvalue_network.in_keys if k != self.tensor_keys.action]
+
+    def _critic_inputs(self, td: TensorDictBase, actions: torch.Tensor) -> list[torch.Tensor]:
+        """The critic's inputs in its ``in_keys`` order for ``actions`` ``[B, M, A]``: the
+        observations of ``td`` (batch ``[B]``) broadcast to ``[B, M, *]``."""
+        inputs = []
+        for key in self.qvalue_network.in_keys:
+            if key == self.tensor_keys.action:
+                inputs.append(actions)
+            else:
+                x = _read(td, key)
+                inputs.append(x[:, None].expand(*actions.shape[:2], x.shape[-1]))
+        return inputs
+
+    def _q_values(self, params: TensorDictBase, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """All K critics on inputs ``[B, M, *]`` in one batched call -> ``[K, B, M]``."""
+        lead = inputs[0].shape[:-1]
         if self._fast_critic:
             x = torch.cat(inputs, dim=-1) if len(inputs) > 1 else inputs[0]
             weights = [params.get(k) for k in self._q_weight_keys]
             biases = [params.get(k) for k in self._q_bias_keys]
             q = ensemble_mlp(weights, biases, x.reshape(-1, x.shape[-1]), self.critic_compute_dtype)
             return q.reshape(-1, *lead)
-        module = self.qvalue_network.module
-        p = {name: params.get(key) for name, key in zip(self._q_param_names, self._q_param_keys)}
-
-        def q(p_k):
-            return functional_call(module, p_k, tuple(inputs))
-
+        critic_in = TensorDict(dict(zip(self.qvalue_network.in_keys, inputs)), batch_size=lead)
         dtype = self.critic_compute_dtype
-        with torch.autocast(action.device.type, dtype=dtype, enabled=dtype is not None):
-            out = q(p).unsqueeze(0) if self.num_qvalue_nets == 1 else vmap(q)(p)
-        return out.squeeze(-1).to(action.dtype)
+        with torch.autocast(inputs[0].device.type, dtype=dtype, enabled=dtype is not None):
+            out = self._vmap_critic(critic_in, params)
+        return out.get(self.tensor_keys.state_action_value).squeeze(-1).to(self.action_low.dtype)
 
-    def _critic_inputs(
-        self, obs_td: TensorDictBase, action: torch.Tensor, state_major: bool = False
-    ) -> list[torch.Tensor]:
-        """The critic's inputs in its ``in_keys`` order, the ``[B]`` observations broadcast
-        to ``action``'s leading dims: ``[*lead, B, A]``, or ``[B, M, A]`` if state-major."""
-        lead = action.shape[:-1]
-        inputs = []
-        for key in self.qvalue_network.in_keys:
-            if key == self.tensor_keys.action:
-                inputs.append(action)
-            else:
-                x = obs_td.get(key)
-                x = x[:, None] if state_major else x
-                inputs.append(x.expand(*lead, x.shape[-1]))
-        return inputs
-
-    def _fused_config(self) -> FusedCriticConfig:
-        # built per call: recipes switch options (e.g. calibration) between phases
-        return FusedCriticConfig(
-            num_actions=self.num_actions,
-            importance_sample=self.importance_sample,
-            temperature=self.temperature,
-            clip_diff_min=self.clip_diff_min,
-            clip_diff_max=self.clip_diff_max,
-            calibrated=self.calibrated,
-            loss_function=self.loss_function,
-            block_rows=self.fused_block_rows,
-            compute_dtype=self.critic_compute_dtype,
-        )
-
-    def _use_fused_critic(self) -> bool:
+    def _use_fused_critic(self, inputs: list[torch.Tensor]) -> bool:
         if self.fused_critic is False or not self._fast_critic or self.reduction == "none":
             return False
-        if not torch.is_grad_enabled():
+        # the fused pass forms parameter gradients only: critic inputs that need a gradient
+        # (a shared encoder in front of the critic) take the plain path
+        if not torch.is_grad_enabled() or any(x.requires_grad for x in inputs):
             return False
         if torch.compiler.is_compiling():  # inductor fuses the plain graph itself
             return False
         return self.fused_critic is True or self.action_low.device.type == "cpu"
 
-    @property
-    def alpha(self) -> torch.Tensor:
-        if self.auto_alpha:
-            return self.log_alpha.exp() * self.alpha_multiplier
-        return torch.full((), self.alpha_multiplier, device=self.action_low.device)
-
-    # ------------------------------------------------------------------ forward
-    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        batch_shape = tensordict.batch_size
-        td = tensordict.reshape(-1) if len(batch_shape) != 1 else tensordict
-        keys = self.tensor_keys
-        N = self.num_actions
-        action = td.get(keys.action)
-        B = action.shape[0]
-        reward = td.get(("next", keys.reward)).reshape(B)
-        terminated = td.get(("next", keys.terminated)).reshape(B)
-
-        # ---- one actor pass at s and s' (stacked on a leading dim of 2)
-        obs_now = td.select(*self.actor_network.in_keys)
-        obs_next = td.get("next").select(*self.actor_network.in_keys)
-        obs_both = TensorDict(
-            {k: torch.stack([obs_now.get(k), obs_next.get(k)]) for k in self.actor_network.in_keys},
-            batch_size=[2, B],
+    def _critic_options(self) -> terms.CriticLossOptions:
+        # built per call: recipes switch options (e.g. calibration) between phases
+        return terms.CriticLossOptions(
+            num_actions=self.num_actions,
+            importance_sample=self.importance_sample,
+            temperature=self.temperature,
+            clip_diff_min=self.clip_diff_min,
+            clip_diff_max=self.clip_diff_max,
+            cql_alpha=self.cql_alpha,
+            target_action_gap=self.target_action_gap,
+            loss_function=self.loss_function,
         )
-        dist = self.actor_network.get_dist(obs_both)
-        n_target = N if self.max_target_backup else 1
-        # index 0..n_target-1: a_pi (at s) / target actions (at s'); the next N: penalty actions
-        actions, log_probs = self._sample_policy(dist, n_target + N)  # [n, 2, B, A], [n, 2, B]
-        a_pi, logp_pi = actions[0, 0], log_probs[0, 0]
-        a_target, logp_target = actions[:n_target, 1].detach(), log_probs[:n_target, 1].detach()
-        a_cur, logp_cur = actions[n_target:, 0].detach(), log_probs[n_target:, 0].detach()
-        a_next, logp_next = actions[n_target:, 1].detach(), log_probs[n_target:, 1].detach()
 
-        # ---- section 1: temperature
-        alpha = self.alpha
-        if self.auto_alpha:
-            loss_alpha = -(self.log_alpha * (logp_pi + self.target_entropy).detach())
-        else:
-            loss_alpha = torch.zeros_like(logp_pi)
-        alpha_d = alpha.detach()
-
-        # ---- section 2: actor (critic parameters detached)
-        obs_now_q = self._critic_obs(td)
-        q_pi = self._q_values(self.qvalue_network_params.detach(), obs_now_q, a_pi[None])
-        loss_actor = alpha_d * logp_pi - q_pi[:, 0].amin(0)
-        if self.bc_steps > 0:
-            bc_logp = self._bc_log_prob(dist, action)
-            loss_actor = torch.where(
-                self.n_updates < self.bc_steps, alpha_d * logp_pi - bc_logp, loss_actor
-            )
-
-        # ---- section 3: TD target (no gradient)
-        with torch.no_grad():
-            next_q_td = self._critic_obs(td.get("next"))
-            q_targ = self._q_values(self.target_qvalue_network_params, next_q_td, a_target)  # [K, n_t, B]
-            q_targ_min = q_targ.amin(0)  # min over critics first ...
-            if self.max_target_backup:
-                v_next, idx = q_targ_min.max(0)  # ... then max over actions
-                logp_v = logp_target.gather(0, idx[None]).squeeze(0)
-            else:
-                v_next, logp_v = q_targ_min[0], logp_target[0]
-            if self.backup_entropy:
-                v_next = v_next - alpha_d * logp_v
-            y = reward + self.gamma * (~terminated.bool()).to(reward.dtype) * v_next
-
-        # ---- section 4: Q at the dataset action and the 3N proposals, one batched call
-        a_rand = self._sample_uniform((N, B))
-        all_actions = torch.cat([action[None].to(a_rand.dtype), a_rand, a_next, a_cur], dim=0)  # [1+3N, B, A]
-        mc = td.get(keys.mc_return).reshape(B).to(y.dtype) if self.calibrated else None
-        if self.lagrange:
-            alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
-            penalty_scale = alpha_prime.detach() * self.cql_alpha
-        else:
-            penalty_scale = torch.full((), self.cql_alpha, device=y.device, dtype=y.dtype)
-        carrier = None
-        if self._use_fused_critic():
-            # same Q values; the critic gradient is formed block by block (fused_critic.py)
-            log_density = torch.cat(
-                [torch.zeros_like(logp_next[:1]), self.uniform_log_density.expand(N, B), logp_next, logp_cur]
-            ).T  # [B, 1+3N]
-            x = torch.cat(self._critic_inputs(obs_now_q, all_actions.transpose(0, 1), state_major=True), dim=-1)
-            params = self.qvalue_network_params
-            q_sm, carrier = FusedCriticGrad.apply(
-                self._fused_config(), x.reshape(-1, x.shape[-1]), y, log_density, mc, penalty_scale,
-                1.0 / B if self.reduction == "mean" else 1.0,
-                *[params.get(k) for k in self._q_weight_keys], *[params.get(k) for k in self._q_bias_keys],
-            )
-            q_all = q_sm.transpose(1, 2)  # [K, 1+3N, B], no autograd graph
-        else:
-            q_all = self._q_values(self.qvalue_network_params, obs_now_q, all_actions)  # [K, 1+3N, B]
-        q_data = q_all[:, 0]
-        q_rand, q_next, q_cur = q_all[:, 1 : 1 + N], q_all[:, 1 + N : 1 + 2 * N], q_all[:, 1 + 2 * N :]
-        metrics = {}
-        if self.calibrated:
-            with torch.no_grad():
-                for k in range(self.num_qvalue_nets):
-                    metrics[f"bound_rate_cql_q{k + 1}_current_actions"] = (q_cur[k] < mc).float().mean()
-                    metrics[f"bound_rate_cql_q{k + 1}_next_actions"] = (q_next[k] < mc).float().mean()
-            q_cur_b, q_next_b = torch.maximum(q_cur, mc), torch.maximum(q_next, mc)
-        else:
-            q_cur_b, q_next_b = q_cur, q_next
-
-        if self.importance_sample:
-            x = torch.cat(
-                [q_rand - self.uniform_log_density, q_next_b - logp_next, q_cur_b - logp_cur], dim=1
-            )  # [K, 3N, B]
-        else:
-            x = torch.cat([q_rand, q_data[:, None], q_next_b, q_cur_b], dim=1)  # [K, 3N+1, B]
-        ood = self.temperature * torch.logsumexp(x / self.temperature, dim=1)  # [K, B]
-        gap = (ood - q_data).clamp(self.clip_diff_min, self.clip_diff_max)  # [K, B]
-
-        if self.lagrange:
-            shifted = gap - self.target_action_gap
-            penalty = penalty_scale * shifted  # [K, B]
-            loss_alpha_prime = -0.5 * alpha_prime * self.cql_alpha * shifted.detach().sum(0)  # [B]
-        else:
-            penalty = self.cql_alpha * gap
-
-        td_loss = distance_loss(q_data, y.expand_as(q_data), self.loss_function)  # [K, B]
-        loss_qvalue = (td_loss + penalty).sum(0)  # [B]
-
-        # ---- write-back and outputs
-        td_error = (q_data.detach() - y).abs().amax(0)
-        tensordict.set(keys.priority, td_error.reshape(batch_shape))
-        if self.training:
-            self.n_updates.add_(1)
-
-        out_shape = batch_shape if self.reduction == "none" else None
-
-        def red(x):
-            x = _reduce(x, self.reduction)
-            return x.reshape(out_shape) if out_shape is not None else x
-
-        out = {
-            "loss_actor": red(loss_actor),
-            "loss_qvalue": red(loss_qvalue) if carrier is None else red(loss_qvalue) + carrier,
-            "loss_alpha": red(loss_alpha),
-        }
-        if self.lagrange:
-            out["loss_alpha_prime"] = red(loss_alpha_prime)
-            metrics["alpha_prime"] = alpha_prime
-            metrics["alpha_prime_loss"] = loss_alpha_prime.mean()
-        with torch.no_grad():
-            metrics.update(
-                policy_loss=loss_actor.mean(),
-                alpha_loss=loss_alpha.mean(),
-                alpha=alpha_d,
-                log_pi=logp_pi.mean(),
-                average_target_q=v_next.mean(),
-            )
-            # CORL's cql_std_q: spread of the raw (Cal-QL-bounded) values incl. Q(s, a)
-            std = torch.cat([q_rand, q_data[:, None], q_next_b, q_cur_b], dim=1).std(1).mean(-1)
-            for k in range(self.num_qvalue_nets):
-                i = k + 1
-                metrics[f"qf{i}_loss"] = td_loss[k].mean()
-                metrics[f"average_qf{i}"] = q_data[k].mean()
-                metrics[f"cql_q{i}_rand"] = q_rand[k].mean()
-                metrics[f"cql_q{i}_current_actions"] = q_cur[k].mean()
-                metrics[f"cql_q{i}_next_actions"] = q_next[k].mean()
-                metrics[f"cql_std_q{i}"] = std[k]
-                metrics[f"cql_qf{i}_diff"] = gap[k].mean()
-                metrics[f"cql_min_qf{i}_loss"] = penalty[k].mean()
-        out.update({k: t.detach() for k, t in metrics.items()})
-        return TensorDict(out, batch_size=[])
-
-    def _critic_obs_keys(self) -> list[NestedKey]:
-        return [k for k in self.qvalue_network.in_keys if k != self.tensor_keys.action]
-
-    def _critic_obs(self, td: TensorDictBase) -> TensorDictBase:
-        return td.select(*self._critic_obs_keys())
+    def _critic_q(self, td, actions, y, log_density, mc_return, alpha_prime, state_weight):
+        """Q of all K critics at the dataset action and the 3N proposals, one batched call,
+        ``[K, B, 1 + 3N]``; plus the fused path's gradient carrier (or None)."""
+        inputs = self._critic_inputs(td, actions)
+        params = self.qvalue_network_params
+        if not self._use_fused_critic(inputs):
+            return self._q_values(params, inputs), None
+        # same Q values; the critic gradient is formed block by block (fused.py)
+        x = torch.cat(inputs, dim=-1)
+        cfg = FusedCriticConfig(self._critic_options(), self.fused_block_rows, self.critic_compute_dtype)
+        return FusedCriticGrad.apply(
+            cfg, x.reshape(-1, x.shape[-1]), y, log_density, mc_return, alpha_prime, state_weight,
+            *[params.get(k) for k in self._q_weight_keys], *[params.get(k) for k in self._q_bias_keys],
+        )
 
     def _bc_log_prob(self, dist, action: torch.Tensor) -> torch.Tensor:
         # log pi(a|s) of the dataset action. Dataset actions may sit exactly on the bounds,
@@ -577,3 +510,109 @@ class CQLLoss(LossModule):
         eps = 1e-6 * (self.action_high - self.action_low)
         a = action.clamp(self.action_low + eps, self.action_high - eps)
         return dist.log_prob(torch.stack([a, a]))[0]
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        batch_shape = tensordict.batch_size
+        td = tensordict.reshape(-1) if len(batch_shape) != 1 else tensordict
+        keys = self.tensor_keys
+        action = _read(td, keys.action)
+        B = action.shape[0]
+        weights = self._maybe_get_priority_weight(td)
+        weights = weights.reshape(B) if weights is not None else None
+        smp = self._sample(td)
+        alpha, alpha_prime = self.alpha, self.alpha_prime
+
+        # temperature and actor (critic parameters detached)
+        loss_alpha = (
+            terms.temperature_loss(self.log_alpha, smp.log_prob_pi, self.target_entropy)
+            if self.auto_alpha else torch.zeros_like(smp.log_prob_pi)
+        )
+        q_pi = self._q_values(self.qvalue_network_params.detach(), self._critic_inputs(td, smp.a_pi[:, None]))
+        loss_actor = terms.actor_loss(alpha, smp.log_prob_pi, q_pi[..., 0])
+        if self.bc_steps > 0:
+            bc = terms.bc_actor_loss(alpha, smp.log_prob_pi, self._bc_log_prob(smp.dist, action))
+            loss_actor = torch.where(self.n_updates < self.bc_steps, bc, loss_actor)
+
+        # TD target (no gradient)
+        with torch.no_grad():
+            next_td = _read(td, "next")
+            q_next = self._q_values(self.target_qvalue_network_params, self._critic_inputs(next_td, smp.a_target))
+            y, v_next = terms.td_target(
+                _read(next_td, keys.reward).reshape(B), _read(next_td, keys.terminated).reshape(B), self.gamma,
+                q_next, smp.log_prob_target, alpha.detach(),
+                max_target_backup=self.max_target_backup, backup_entropy=self.backup_entropy,
+            )
+
+        # critic: TD distance + conservative penalty, from one batched critic call
+        mc = _read(td, keys.mc_return).reshape(B).to(y.dtype) if self.calibrated else None
+        actions = torch.cat([action[:, None].to(smp.proposals.dtype), smp.proposals], dim=1)  # [B, 1+3N, A]
+        q, carrier = self._critic_q(td, actions, y, smp.log_density, mc, alpha_prime, self._state_weight(B, weights))
+        critic = terms.critic_loss_terms(q, y, smp.log_density, mc, alpha_prime, self._critic_options())
+        loss_qvalue = (critic.td + critic.penalty).sum(0)  # [B]
+
+        # reduction, write-back and metrics
+        tensordict.set(keys.priority, (q[..., 0].detach() - y).abs().amax(0).reshape(batch_shape))
+        losses = {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue, "loss_alpha": loss_alpha}
+        if self.lagrange:
+            losses["loss_alpha_prime"] = terms.alpha_prime_loss(alpha_prime, self.cql_alpha, critic.gap,
+                                                                self.target_action_gap)
+        out = {name: self._reduce(value, weights, batch_shape) for name, value in losses.items()}
+        if carrier is not None:
+            out["loss_qvalue"] = out["loss_qvalue"] + carrier
+        with torch.no_grad():
+            out.update(self._metrics(losses, critic, q, mc, smp, alpha, alpha_prime, v_next))
+        return TensorDict(out, batch_size=[])
+
+    def _state_weight(self, B: int, weights: torch.Tensor | None) -> torch.Tensor:
+        """d(reduced loss) / d(per-sample loss) for the fused critic pass."""
+        if weights is None:
+            return self.action_low.new_full((B,), 1.0 / B if self.reduction == "mean" else 1.0)
+        return weights / weights.sum() if self.reduction == "mean" else weights
+
+    def _reduce(self, value: torch.Tensor, weights: torch.Tensor | None, batch_shape: torch.Size) -> torch.Tensor:
+        value = _reduce(value, self.reduction, weights=weights)
+        return value.reshape(batch_shape) if self.reduction == "none" else value
+
+    def _metrics(self, losses, critic: terms.CriticTerms, q, mc, smp: _Samples, alpha, alpha_prime, v_next) -> dict:
+        """Detached metrics with CORL's names (docs/cql.md, section 6)."""
+        N = self.num_actions
+        q_data, q_rand = q[..., 0], q[..., 1 : 1 + N]
+        q_next, q_cur = q[..., 1 + N : 1 + 2 * N], q[..., 1 + 2 * N :]
+        metrics = {
+            "policy_loss": losses["loss_actor"].mean(),
+            "alpha_loss": losses["loss_alpha"].mean(),
+            "alpha": alpha.detach(),
+            "log_pi": smp.log_prob_pi.mean(),
+            "average_target_q": v_next.mean(),
+        }
+        if self.lagrange:
+            metrics["alpha_prime"] = alpha_prime
+            metrics["alpha_prime_loss"] = losses["loss_alpha_prime"].mean()
+        # CORL's cql_std_q: spread of the raw (Cal-QL-bounded) values incl. Q(s, a)
+        std = torch.cat([q[..., : 1 + N], critic.q_policy], dim=-1).std(-1).mean(-1)
+        for k in range(self.num_qvalue_nets):
+            i = k + 1
+            metrics[f"qf{i}_loss"] = critic.td[k].mean()
+            metrics[f"average_qf{i}"] = q_data[k].mean()
+            metrics[f"cql_q{i}_rand"] = q_rand[k].mean()
+            metrics[f"cql_q{i}_current_actions"] = q_cur[k].mean()
+            metrics[f"cql_q{i}_next_actions"] = q_next[k].mean()
+            metrics[f"cql_std_q{i}"] = std[k]
+            metrics[f"cql_qf{i}_diff"] = critic.gap[k].mean()
+            metrics[f"cql_min_qf{i}_loss"] = critic.penalty[k].mean()
+            if mc is not None:
+                metrics[f"bound_rate_cql_q{i}_current_actions"] = (q_cur[k] < mc[:, None]).float().mean()
+                metrics[f"bound_rate_cql_q{i}_next_actions"] = (q_next[k] < mc[:, None]).float().mean()
+        return {name: value.detach() for name, value in metrics.items()}
+
+
+def _read(td: TensorDictBase, key: NestedKey) -> torch.Tensor:
+    """``td[key]``, or a ``KeyError`` naming the missing key."""
+    value = td.get(key, None)
+    if value is None:
+        raise KeyError(
+            f"CQLLoss: the batch has no entry {unravel_key(key)!r} (present: {sorted(map(str, td.keys(True, True)))}); "
+            "add it or point the loss to yours with loss.set_keys(...)"
+        )
+    return value

@@ -7,16 +7,17 @@ bias copy, ReLU mask and bias-gradient pass streams megabytes from DRAM, and eve
 matmuls run ~25% below their in-cache speed. But the critic loss of a state depends only
 on the Q values of *that* state's 1 + 3N actions (TD error, logsumexp, Cal-QL bound), so
 its gradient can be formed block by block: for a block of states, run the K critics
-forward, compute dLoss/dQ in closed form, and back-propagate at once while every
-activation is still in L2. Only the parameter gradients accumulate across blocks.
+forward, take dLoss/dQ of the block, and back-propagate at once while every activation is
+still in L2. Only the parameter gradients accumulate across blocks (docs/cql.md, section 7).
 
-The closed-form dLoss/dQ below mirrors the autograd of ``CQLLoss``'s own formulas
-(section 4 of cql-spec.md) exactly, including the tie rules of ``torch.maximum`` and
-``torch.clamp``; ``tests/test_fused_critic.py`` checks it against autograd for every
-loss option. ``CQLLoss`` computes its loss *values* with its ordinary code on the
-(detached) Q values returned here and adds :class:`FusedCriticGrad`'s zero-valued
-carrier, whose backward hands the precomputed gradients (times the upstream scalar) to
-the critic parameters.
+dLoss/dQ of a block is autograd's own gradient of
+:func:`cql_modules.objectives.terms.critic_loss_terms` with respect to the block's small
+``[K, b, 1 + 3N]`` Q tensor: no formula is restated here, and the tie rules of
+``torch.maximum`` and ``torch.clamp`` are autograd's. ``CQLLoss`` computes the loss
+*values* from the (detached) Q values returned here and adds :class:`FusedCriticGrad`'s
+zero-valued carrier, whose backward hands the precomputed gradients (times the upstream
+scalar) to the critic parameters. The critic inputs get no gradient: ``CQLLoss`` takes
+this path only when they do not require one.
 """
 from __future__ import annotations
 
@@ -24,31 +25,18 @@ from dataclasses import dataclass
 
 import torch
 
+from cql_modules.objectives.terms import CriticLossOptions, critic_loss_terms
+
 __all__ = ["FusedCriticConfig", "FusedCriticGrad", "critic_loss_grad"]
 
 
 @dataclass(frozen=True)
 class FusedCriticConfig:
-    """The loss options that shape dLoss/dQ (mirrors ``CQLLoss``'s attributes)."""
+    """The critic-loss options plus the blocking of the fused pass."""
 
-    num_actions: int
-    importance_sample: bool
-    temperature: float
-    clip_diff_min: float
-    clip_diff_max: float
-    calibrated: bool
-    loss_function: str
+    terms: CriticLossOptions
     block_rows: int = 2048
     compute_dtype: torch.dtype | None = None  # hidden layers' dtype (bf16 mode), last layer stays
-
-
-def _td_grad(err: torch.Tensor, loss_function: str) -> torch.Tensor:
-    """d distance_loss(q, y) / dq for ``err = q - y`` (TorchRL's l2 / l1 / smooth_l1)."""
-    if loss_function == "l2":
-        return 2.0 * err
-    if loss_function == "l1":
-        return torch.sign(err)
-    return err.clamp(-1.0, 1.0)  # smooth_l1 with beta = 1
 
 
 def critic_loss_grad(
@@ -56,58 +44,32 @@ def critic_loss_grad(
     y: torch.Tensor,
     log_density: torch.Tensor,
     mc_return: torch.Tensor | None,
-    penalty_scale: torch.Tensor,
-    weight: float,
-    cfg: FusedCriticConfig,
+    alpha_prime: torch.Tensor | None,
+    state_weight: torch.Tensor,
+    opts: CriticLossOptions,
 ) -> torch.Tensor:
-    """dLoss/dQ for a block of states, ``[K, b, 1 + 3N]`` (state-major, action 0 = data).
+    """dLoss/dQ ``[K, b, 1 + 3N]`` for a block of states (state-major, action 0 = data).
 
-    ``Loss = weight * sum_{k, states} (td + penalty)`` with ``penalty = penalty_scale *
-    clamp(tau * logsumexp(X / tau) - Q_data)`` as in ``CQLLoss.forward``; ``X`` holds the
-    3N proposals (minus their log densities with importance sampling; plus ``Q_data``
-    without). ``penalty_scale`` is ``cql_alpha`` (times the detached alpha' with Lagrange).
+    ``Loss = sum_states state_weight * sum_k (td_k + penalty_k)``, the terms from
+    :func:`critic_loss_terms`; ``state_weight`` ``[b]`` is the reduction's weight of each
+    state (1/B for a mean, priority weights / their sum with prioritized replay).
     """
-    n = cfg.num_actions
-    q_data, props = q[..., 0], q[..., 1:]
-    if cfg.calibrated:
-        # torch.maximum(q, mc) passes the gradient where q > mc, half of it on ties
-        mc = mc_return[None, :, None]
-        pol = props[..., n:]
-        cal = (pol > mc).to(q.dtype) + 0.5 * (pol == mc).to(q.dtype)
-        props = torch.cat([props[..., :n], torch.maximum(pol, mc)], dim=-1)
-    tau = cfg.temperature
-    if cfg.importance_sample:
-        x = props - log_density[None, :, 1:]
-    else:
-        x = torch.cat([q_data[..., None], props], dim=-1)
-    z = x / tau
-    lse = torch.logsumexp(z, dim=-1)
-    soft = torch.exp(z - lse[..., None])  # softmax, reusing the logsumexp
-    gap = tau * lse - q_data
-    inside = (gap >= cfg.clip_diff_min) & (gap <= cfg.clip_diff_max)  # clamp's backward mask
-    coef = (penalty_scale * weight) * inside.to(q.dtype)  # [K, b]
-    d = coef[..., None] * soft
-    if cfg.importance_sample:
-        d_data = -coef
-        d_props = d
-    else:
-        d_data = d[..., 0] - coef
-        d_props = d[..., 1:]
-    if cfg.calibrated:
-        d_props = torch.cat([d_props[..., :n], d_props[..., n:] * cal], dim=-1)
-    d_data = d_data + weight * _td_grad(q_data - y[None, :], cfg.loss_function)
-    return torch.cat([d_data[..., None], d_props], dim=-1)
+    with torch.enable_grad():  # autograd.Function.forward runs with grad disabled
+        q = q.detach().requires_grad_()
+        t = critic_loss_terms(q, y, log_density, mc_return, alpha_prime, opts)
+        loss = ((t.td + t.penalty).sum(0) * state_weight).sum()
+        return torch.autograd.grad(loss, q)[0]
 
 
 class FusedCriticGrad(torch.autograd.Function):
-    """``apply(cfg, x, y, log_density, mc_return, penalty_scale, weight, *weights, *biases)``.
+    """``apply(cfg, x, y, log_density, mc_return, alpha_prime, state_weight, *weights, *biases)``.
 
     Args:
         x: ``[B * (1 + 3N), in]`` critic inputs, state-major (the 1 + 3N actions of a
             state are consecutive rows, the dataset action first).
-        y: ``[B]`` TD targets; log_density: ``[B, 1 + 3N]`` proposal log densities
-            (column 0 unused); mc_return: ``[B]`` or None; penalty_scale: scalar tensor;
-            weight: the reduction's per-state weight (1/B for a mean, 1 for a sum).
+        y: ``[B]`` TD targets; log_density: ``[B, 3N]`` proposal log densities;
+            mc_return: ``[B]`` or None; alpha_prime: the Lagrange multiplier or None;
+            state_weight: ``[B]`` the reduction's weight of each state.
         weights, biases: the ensemble's stacked ``[K, out, in]`` / ``[K, out]`` layers.
 
     Returns ``(q, carrier)``: ``q`` ``[K, B, 1 + 3N]`` (no gradient) and a zero scalar
@@ -115,11 +77,11 @@ class FusedCriticGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, cfg, x, y, log_density, mc_return, penalty_scale, weight, *params):
+    def forward(ctx, cfg, x, y, log_density, mc_return, alpha_prime, state_weight, *params):
         n_layers = len(params) // 2
         Ws, bs = params[:n_layers], params[n_layers:]
         K, rows = Ws[0].shape[0], x.shape[0]
-        m = 1 + 3 * cfg.num_actions
+        m = 1 + 3 * cfg.terms.num_actions
         B = rows // m
         # Like ensemble_mlp: hidden layers in compute_dtype, the last one (Q) in full precision;
         # weight gradients accumulate in the parameters' dtype.
@@ -157,7 +119,7 @@ class FusedCriticGrad(torch.autograd.Function):
             torch.bmm(ins[-1], w_aug[-1], out=qb)
             mc = mc_return[s0:s1] if mc_return is not None else None
             dq = critic_loss_grad(qb.view(K, s1 - s0, m), y[s0:s1], log_density[s0:s1], mc,
-                                  penalty_scale, weight, cfg)
+                                  alpha_prime, state_weight[s0:s1], cfg.terms)
             g = dq.view(K, r, 1)
             for i in range(n_layers - 1, -1, -1):
                 g = g.to(dts[i])

@@ -31,8 +31,9 @@ def tune_cpu_allocator(mmap_threshold: int = 32 << 20) -> bool:
     A CQL update allocates and frees ~16 MB activations dozens of times; by default glibc
     serves such sizes with fresh ``mmap`` pages whose first-touch page faults cost more
     than the ReLUs themselves. Raising the mmap and trim thresholds (``mallopt``) made the
-    CORL-shape CPU update 1.5x faster here (8.9 -> 13.1 updates/s, see benchmarks/).
-    Process-wide and harmless elsewhere; a no-op off glibc. Returns True when applied.
+    CORL-shape CPU update 1.5x faster on the plain autograd path (8.9 -> 13.1 updates/s,
+    see benchmarks/). Opt-in (``UpdateStep(tune_allocator=True)``): it changes the whole
+    process. A no-op off glibc. Returns True when applied.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -86,7 +87,8 @@ class UpdateStep:
         target_update_period: update the targets every this many steps.
         compile: wrap the loss forward + backward in ``torch.compile`` (``True`` or a
             compile mode such as ``"max-autotune-no-cudagraphs"``).
-        tune_allocator: on CPU, apply :func:`tune_cpu_allocator` (process-wide).
+        tune_allocator: on CPU, apply :func:`tune_cpu_allocator` (process-wide; off by
+            default: the fused critic pass reuses its buffers and no longer needs it).
 
     Returns detached metric tensors (no host sync): aggregate them over a logging
     interval and call ``.item()`` once per interval.
@@ -100,7 +102,7 @@ class UpdateStep:
         tau: float = 5e-3,
         target_update_period: int = 1,
         compile: bool | str = False,
-        tune_allocator: bool = True,
+        tune_allocator: bool = False,
     ) -> None:
         if tune_allocator and loss.action_low.device.type == "cpu":
             tune_cpu_allocator()
@@ -125,6 +127,7 @@ class UpdateStep:
         self.optimizer.zero_grad(set_to_none=True)
         out = self._loss_and_grad_fn(batch)
         self.optimizer.step()
+        self.loss.count_update()  # the BC warm-up counts optimizer updates
         self.n_steps += 1
         if self.n_steps % self.target_update_period == 0:
             self.target_updater.step()
