@@ -9,7 +9,8 @@ from tensordict import TensorDict
 from torchrl.envs import GymWrapper
 
 from cql_modules import bounded_action_spec, make_actor
-from cql_modules.train.evaluation import EvalResult, evaluate, normalized_score, regret, score_regret
+from cql_modules.data import DatasetError, normalized_score
+from cql_modules.train.evaluation import EvalResult, evaluate, regret, score_regret
 
 
 class Countdown(gym.Env):
@@ -112,14 +113,40 @@ def test_success_keys_give_per_episode_successes(actor):
 
 
 def test_normalized_score_and_regret():
-    assert normalized_score(3234.3, -20.272305, 3234.3) == pytest.approx(100.0)
-    assert normalized_score(-20.272305, -20.272305, 3234.3) == pytest.approx(0.0)
-    np.testing.assert_allclose(normalized_score([0.0, 5.0], 0.0, 10.0), [0.0, 50.0])
-    with pytest.raises(ValueError):
-        normalized_score(1.0, 1.0, 1.0)
+    # the data layer's normalized_score, given the reference pair itself
+    assert normalized_score((-20.272305, 3234.3), 3234.3) == pytest.approx(100.0)
+    assert normalized_score((-20.272305, 3234.3), -20.272305) == pytest.approx(0.0)
+    np.testing.assert_allclose(normalized_score((0.0, 10.0), [0.0, 5.0]), [0.0, 50.0])
+    with pytest.raises(DatasetError, match="ref_max_score"):
+        normalized_score((1.0, 1.0), 1.0)
     assert regret([1, 0, 1, 1]) == pytest.approx(0.25)
     assert score_regret([50.0, 100.0]) == pytest.approx(0.25)
     assert score_regret([-50.0, 150.0]) == pytest.approx(0.5)
     assert score_regret([-50.0, 150.0], clip=True) == pytest.approx(0.5 * (1.0 + 0.0))  # CORL: clipped to [0, 100]
     with pytest.raises(ValueError):
         regret([])
+
+
+class FirstStepReward(Countdown):
+    """Countdown whose reward is paid at the first step only (0 afterwards)."""
+
+    def step(self, action):
+        first = self.left == self.length
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward if first else 0.0, terminated, truncated, info
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        self.length = self.left
+        return obs, info
+
+
+def test_goal_reward_gives_successes_without_a_success_key(actor):
+    """Sparse goal tasks without a success key: an episode succeeded when some step's reward
+    exceeds ``goal_reward`` (CORL's is_goal_reached on raw rewards)."""
+    first_rewards = [1.0 + deterministic_action(actor, float(n)) for n in own_lengths(5, 6)]
+    threshold = float(np.median(first_rewards))
+    expected = [r > threshold for r in first_rewards]
+    result = evaluate(GymWrapper(FirstStepReward()), actor, 6, seed=5, goal_reward=threshold)
+    assert 0 < sum(expected) < 6 and result.successes == expected
+    assert result.metrics()["eval/success_rate"] == pytest.approx(np.mean(expected))

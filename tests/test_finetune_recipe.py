@@ -11,7 +11,7 @@ import torch
 from data_fixtures import pendulum_episode, write_minari
 from omegaconf import OmegaConf
 
-from cql_modules import training as T
+from cql_modules.train.state import capture_rng_state, load_checkpoint
 from cql_modules.data import keys
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,10 +72,10 @@ def test_offline_then_online_end_to_end(recipe, dataset_id, tmp_path):
     assert "eval/regret" in recs[6] and "eval/regret" not in recs[4]
     assert recs[8]["train/episodes"] == 1.0 and "train/d4rl_normalized_episode_return" in recs[8]
 
-    rows = T.load_checkpoint(tmp_path / "checkpoints" / "online_rows.pt")
+    rows = load_checkpoint(tmp_path / "checkpoints" / "online_rows.pt")
     assert rows["num_online"] == 3 and rows["mode"] == "add"
     assert rows["rows"]["mc_return"].shape == (3, 1)
-    state = T.load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert state["extra"]["online"]["progress"]["env_steps"] == 4
     assert (tmp_path / "learning_curve.png").is_file() and (tmp_path / "summary.json").is_file()
 
@@ -88,7 +88,7 @@ def test_mix_mode_and_calibration_off_online(recipe, dataset_id, tmp_path):
     recs = {r["step"]: r for r in records(tmp_path)}
     assert "bound_rate_cql_q1_current_actions" in recs[4]
     assert "bound_rate_cql_q1_current_actions" not in recs[8]  # CORL: calibration off online
-    rows = T.load_checkpoint(tmp_path / "checkpoints" / "online_rows.pt")
+    rows = load_checkpoint(tmp_path / "checkpoints" / "online_rows.pt")
     assert rows["mode"] == "mix" and rows["num_online"] == 3
 
 
@@ -116,11 +116,11 @@ def test_resume_at_the_boundary_is_exact(recipe, dataset_id, tmp_path):
     recipe.train(cfg(dataset_id, "online_updates=0"), split)  # stops at the boundary
     summary = recipe.train(cfg(dataset_id, "resume=true"), split)
     assert summary["updates"] == 8
-    a = T.load_checkpoint(straight / "checkpoints" / "last.pt")
-    b = T.load_checkpoint(split / "checkpoints" / "last.pt")
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")
+    b = load_checkpoint(split / "checkpoints" / "last.pt")
     _same_state(a, b)
-    rows_a = T.load_checkpoint(straight / "checkpoints" / "online_rows.pt")
-    rows_b = T.load_checkpoint(split / "checkpoints" / "online_rows.pt")
+    rows_a = load_checkpoint(straight / "checkpoints" / "online_rows.pt")
+    rows_b = load_checkpoint(split / "checkpoints" / "online_rows.pt")
     assert _equal(rows_a, rows_b)
 
     def timeless(rs):
@@ -134,23 +134,24 @@ def test_resume_inside_the_online_phase(recipe, dataset_id, tmp_path):
     exactly; the environment restarts a fresh episode (the unfinished one is dropped), so the
     continuation is not bitwise that of an uninterrupted run."""
     recipe.train(cfg(dataset_id), tmp_path)  # offline 4 + online 4, checkpoint at update 8
-    saved = T.load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    saved_rows = T.load_checkpoint(tmp_path / "checkpoints" / "online_rows.pt")
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    saved_rows = load_checkpoint(tmp_path / "checkpoints" / "online_rows.pt")
 
     run = recipe.setup(cfg(dataset_id, "online_updates=8", "resume=true"), tmp_path)
     run.run_logger.close()
-    assert run.update.n_steps == 8 and run.replay.num_online == saved_rows["num_online"] == 3
+    online = run.hooks
+    assert run.update.n_steps == 8 and online.replay.num_online == saved_rows["num_online"] == 3
     assert _equal(run.loss.state_dict(), saved["loss"])
     assert _equal(run.update.optimizer.state_dict(), saved["optimizer"])
-    assert run.progress.state_dict() == saved["extra"]["online"]["progress"]
-    n_off = run.replay.num_offline
-    stored = run.replay.storage.get(torch.arange(n_off, n_off + 3)).select(*keys.TRANSITION_KEYS)
+    assert online.progress.state_dict() == saved["extra"]["online"]["progress"]
+    n_off = online.replay.num_offline
+    stored = online.replay.storage.get(torch.arange(n_off, n_off + 3)).select(*keys.TRANSITION_KEYS)
     assert _equal(stored.to_dict(), saved_rows["rows"])
-    assert torch.equal(T.capture_rng_state()["torch"], saved["rng"]["torch"])
+    assert torch.equal(capture_rng_state()["torch"], saved["rng"]["torch"])
 
     summary = recipe.train(cfg(dataset_id, "online_updates=8", "resume=true"), tmp_path)
     assert summary["updates"] == 12 and summary["online_env_steps"] == 8
-    rows = T.load_checkpoint(tmp_path / "checkpoints" / "online_rows.pt")
+    rows = load_checkpoint(tmp_path / "checkpoints" / "online_rows.pt")
     assert rows["num_online"] >= 3
     assert _equal({k: v[:3] if not isinstance(v, dict) else {kk: vv[:3] for kk, vv in v.items()}
                    for k, v in rows["rows"].items()}, saved_rows["rows"])  # the old rows kept, in order

@@ -19,14 +19,14 @@ from cql_modules.online import (
     EpisodeWriter,
     OnlineProgress,
     OnlineReplay,
-    env_success_keys,
     goal_reward_threshold,
     make_collector,
     make_online_env,
     mc_failure_reward,
     validate_finetune_config,
 )
-from cql_modules.training import ConfigError
+from cql_modules.train.config import ConfigError
+from cql_modules.train.evaluation import env_success_keys
 from cql_modules.train.update import UpdateStep, make_optimizer
 
 GAMMA = 0.5

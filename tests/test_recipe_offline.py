@@ -16,7 +16,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from cql_modules import training as T
+from cql_modules.train.config import ConfigError, validate_config
+from cql_modules.train.state import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -73,7 +74,7 @@ def run(recipe, run_dir, *overrides):
 
 
 def final_state(run_dir):
-    return T.load_checkpoint(Path(run_dir) / "checkpoints" / "last.pt")
+    return load_checkpoint(Path(run_dir) / "checkpoints" / "last.pt")
 
 
 def assert_same_training(a, b):
@@ -202,7 +203,7 @@ def test_every_dataset_preset_composes_and_validates():
                      for p in (CONFIGS / "dataset").rglob("*.yaml") if not p.name.startswith("_"))
     assert len(presets) >= 15 + 6 + 8 + 9 + 6 + 8 + 1
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfgs = {p: T.validate_config(compose("offline_cql", overrides=[f"dataset={p}"]), check_dataset=False)
+        cfgs = {p: validate_config(compose("offline_cql", overrides=[f"dataset={p}"]), check_dataset=False)
                 for p in presets}
     for p, c in cfgs.items():
         assert c.dataset.name.startswith(p) or p.startswith(("D4RL", "mujoco", "cql-modules")), p
@@ -224,17 +225,17 @@ def test_every_dataset_preset_composes_and_validates():
 
 def test_default_run_is_the_embedded_dataset():
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        c = T.validate_config(compose("offline_cql"), check_dataset=False)
+        c = validate_config(compose("offline_cql"), check_dataset=False)
     assert c.dataset.name == "cql-modules/pendulum/mixed-v0" and c.num_updates <= 20_000
 
 
 def test_command_line_overrides_are_checked():
-    with pytest.raises(T.ConfigError, match="loss.cql_alpha"):
-        T.validate_config(config("loss.cql_alpha=-1"), check_dataset=False)
-    with pytest.raises(T.ConfigError, match="batch_size"):
-        T.validate_config(config("batch_size=-256"), check_dataset=False)
-    with pytest.raises(T.ConfigError, match="dataset.name"):
-        T.validate_config(config("dataset.name=hoper-medium-v2"))
+    with pytest.raises(ConfigError, match="loss.cql_alpha"):
+        validate_config(config("loss.cql_alpha=-1"), check_dataset=False)
+    with pytest.raises(ConfigError, match="batch_size"):
+        validate_config(config("batch_size=-256"), check_dataset=False)
+    with pytest.raises(ConfigError, match="dataset.name"):
+        validate_config(config("dataset.name=hoper-medium-v2"))
     with pytest.raises((HydraException, OmegaConfBaseException), match="batch_size"):
         config("batch_size=lots")
     with pytest.raises((HydraException, OmegaConfBaseException), match="cql_alpah"):

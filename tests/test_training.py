@@ -1,4 +1,4 @@
-"""Loop pieces of cql_modules.training: config validation, metric aggregation and the
+"""Run pieces of cql_modules.train: config validation, metric aggregation and the
 NaN/inf guard, RNG capture/restore, atomic checkpoints and exact resume."""
 from __future__ import annotations
 
@@ -13,7 +13,22 @@ from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, RandomSampler, TensorDictReplayBuffer
 
 from cql_modules import CQLLoss, bounded_action_spec, make_actor, make_critic
-from cql_modules import training as T
+from cql_modules.data import dataset_problem
+from cql_modules.train.state import (
+    LastGoodState,
+    capture_rng_state,
+    find_checkpoint,
+    load_checkpoint,
+    load_training_state,
+    preserve_rng,
+    restore_rng_state,
+    save_checkpoint,
+    seed_everything,
+    training_state,
+)
+from cql_modules.train.config import ConfigError, LossConfig, OfflineConfig, validate_config
+from cql_modules.train.loop import run_updates
+from cql_modules.train.metrics import MetricAggregator, NonFiniteLossError
 from cql_modules.train.update import UpdateStep, make_optimizer
 
 
@@ -50,8 +65,8 @@ def make_agent(seed: int = 0, lagrange: bool = True):
 
 
 def run(update, rb, n):
-    agg = T.MetricAggregator()
-    T.run_updates(update, rb.sample, n, agg)
+    agg = MetricAggregator()
+    run_updates(update, rb.sample, n, agg)
     return agg.flush()
 
 
@@ -64,7 +79,7 @@ def assert_same_state(a, b):
 
 # ----------------------------------------------------------------------------- config
 def test_default_config_is_valid():
-    c = T.validate_config(T.OfflineConfig(), check_dataset=False)
+    c = validate_config(OfflineConfig(), check_dataset=False)
     assert c.loss.cql_alpha == 10.0 and c.optim.actor_lr == 3e-5 and c.batch_size == 256
 
 
@@ -91,24 +106,24 @@ def test_default_config_is_valid():
     ],
 )
 def test_invalid_config_names_the_field(override, field):
-    with pytest.raises(T.ConfigError) as err:
-        T.validate_config(override)
+    with pytest.raises(ConfigError) as err:
+        validate_config(override)
     assert field in str(err.value)
 
 
 def test_known_datasets_pass_the_name_check(tmp_path, monkeypatch):
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
-    assert T.dataset_problem("hopper-medium-v2", download=True) is None
-    assert T.dataset_problem("pen-cloned-v1", download=True) is None
-    assert T.dataset_problem("mujoco/hopper/medium-v0", download=True) is None
-    assert T.dataset_problem("cql-modules/pendulum/mixed-v0") is None  # built locally
-    assert "download" in T.dataset_problem("hopper-medium-v2")  # not cached, download off
-    assert "unknown dataset" in T.dataset_problem("hopper-mediun-v2")
+    assert dataset_problem("hopper-medium-v2", download=True) is None
+    assert dataset_problem("pen-cloned-v1", download=True) is None
+    assert dataset_problem("mujoco/hopper/medium-v0", download=True) is None
+    assert dataset_problem("cql-modules/pendulum/mixed-v0") is None  # built locally
+    assert "download" in dataset_problem("hopper-medium-v2")  # not cached, download off
+    assert "unknown dataset" in dataset_problem("hopper-mediun-v2")
 
 
 # ----------------------------------------------------------------------------- metrics
 def test_aggregator_means_one_interval():
-    agg = T.MetricAggregator()
+    agg = MetricAggregator()
     agg.reset(10)
     for v in (1.0, 2.0, 6.0):
         agg.add(TensorDict({"loss_qvalue": torch.tensor(v), "alpha": torch.tensor(2 * v)}, []))
@@ -117,7 +132,7 @@ def test_aggregator_means_one_interval():
 
 
 def test_aggregator_reset_can_forget_the_metric_names():
-    agg = T.MetricAggregator()
+    agg = MetricAggregator()
     agg.add({"loss_qvalue": torch.tensor(1.0), "bound_rate": torch.tensor(0.5)})
     assert agg.flush() == {"loss_qvalue": 1.0, "bound_rate": 0.5}
     agg.reset(7, clear_keys=True)  # e.g. the offline -> online boundary: another metric set
@@ -126,13 +141,13 @@ def test_aggregator_reset_can_forget_the_metric_names():
 
 
 def test_aggregator_names_the_first_non_finite_loss_term():
-    agg = T.MetricAggregator()
+    agg = MetricAggregator()
     agg.reset(100)
     for i in range(6):
         q = float("nan") if i >= 2 else 1.0  # critic breaks at update 103 ...
         a = float("inf") if i >= 4 else 1.0  # ... the actor two updates later
         agg.add({"loss_actor": torch.tensor(a), "loss_qvalue": torch.tensor(q), "average_qf1": torch.tensor(q)})
-    with pytest.raises(T.NonFiniteLossError) as err:
+    with pytest.raises(NonFiniteLossError) as err:
         agg.flush()
     e = err.value
     assert e.term == "loss_qvalue" and e.first_update == 103 and e.last_update == 106
@@ -140,9 +155,9 @@ def test_aggregator_names_the_first_non_finite_loss_term():
 
 
 def test_aggregator_prefers_the_critic_on_a_tie():
-    agg = T.MetricAggregator()
+    agg = MetricAggregator()
     agg.add({"loss_actor": torch.tensor(float("nan")), "loss_qvalue": torch.tensor(float("nan"))})
-    with pytest.raises(T.NonFiniteLossError, match="loss_qvalue"):
+    with pytest.raises(NonFiniteLossError, match="loss_qvalue"):
         agg.flush()
 
 
@@ -151,10 +166,10 @@ def test_aggregator_prefers_the_critic_on_a_tie():
 def test_rng_restore_reproduces_batches_and_samples(own_generator):
     gen = torch.Generator().manual_seed(5) if own_generator else None
     rb = make_buffer(generator=gen)
-    T.seed_everything(3)
-    state = T.capture_rng_state(rb)
+    seed_everything(3)
+    state = capture_rng_state(rb)
     first = (rb.sample()["index"], torch.rand(3), np.random.rand(3), random.random())
-    T.restore_rng_state(state, rb)
+    restore_rng_state(state, rb)
     again = (rb.sample()["index"], torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     assert np.array_equal(first[2], again[2]) and first[3] == again[3]
@@ -163,10 +178,10 @@ def test_rng_restore_reproduces_batches_and_samples(own_generator):
 
 
 def test_preserve_rng_leaves_the_streams_untouched():
-    T.seed_everything(0)
+    seed_everything(0)
     expected = torch.rand(2)
-    T.seed_everything(0)
-    with T.preserve_rng():
+    seed_everything(0)
+    with preserve_rng():
         torch.rand(100), np.random.rand(5), random.random()
     assert torch.equal(torch.rand(2), expected)
 
@@ -175,22 +190,22 @@ def test_preserve_rng_leaves_the_streams_untouched():
 def test_resume_is_exact_parameter_for_parameter(tmp_path):
     """N updates straight == N/2, checkpoint, fresh objects, restore, N/2."""
     N = 6
-    T.seed_everything(1)
+    seed_everything(1)
     loss_a, update_a = make_agent(seed=1)
     rb_a = make_buffer(seed=2)
     run(update_a, rb_a, N)
 
-    T.seed_everything(1)
+    seed_everything(1)
     loss_b, update_b = make_agent(seed=1)
     rb_b = make_buffer(seed=2)
     run(update_b, rb_b, N // 2)
-    path = T.save_checkpoint(T.training_state(loss_b, update_b, replay_buffer=rb_b, extra={"note": "x"}),
+    path = save_checkpoint(training_state(loss_b, update_b, replay_buffer=rb_b, extra={"note": "x"}),
                              tmp_path / "ck" / "last.pt")
     del loss_b, update_b
     torch.manual_seed(12345)  # a fresh process: other RNG state, other init
     loss_c, update_c = make_agent(seed=99)
     rb_c = make_buffer(seed=2)
-    extra = T.load_training_state(T.load_checkpoint(path), loss_c, update_c, replay_buffer=rb_c)
+    extra = load_training_state(load_checkpoint(path), loss_c, update_c, replay_buffer=rb_c)
     assert extra == {"note": "x"} and update_c.n_steps == N // 2 and int(loss_c.n_updates) == N // 2
     run(update_c, rb_c, N - N // 2)
 
@@ -204,14 +219,14 @@ def test_resume_is_exact_parameter_for_parameter(tmp_path):
 
 def test_training_state_is_a_copy():
     loss, update = make_agent()
-    state = T.training_state(loss, update)
+    state = training_state(loss, update)
     run(update, make_buffer(), 2)
     assert not torch.equal(state["loss"]["log_alpha"], loss.state_dict()["log_alpha"])
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    T.save_checkpoint({"version": 1, "step": 1}, path)
+    save_checkpoint({"version": 1, "step": 1}, path)
 
     def torn_save(obj, f):  # dies half-way through writing
         f.write(b"partial bytes")
@@ -219,9 +234,9 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", torn_save)
     with pytest.raises(KeyboardInterrupt):
-        T.save_checkpoint({"version": 1, "step": 2}, path)
+        save_checkpoint({"version": 1, "step": 2}, path)
     monkeypatch.undo()
-    assert T.load_checkpoint(path)["step"] == 1
+    assert load_checkpoint(path)["step"] == 1
     assert os.listdir(tmp_path) == ["last.pt"]  # no temp file left behind
     umask = os.umask(0)
     os.umask(umask)
@@ -229,15 +244,15 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 
 def test_find_checkpoint(tmp_path):
-    assert T.find_checkpoint(tmp_path) is None
-    path = T.save_checkpoint({"step": 0}, tmp_path / "checkpoints" / "last.pt")
-    assert T.find_checkpoint(tmp_path) == path == T.find_checkpoint(path) == T.find_checkpoint(path.parent)
+    assert find_checkpoint(tmp_path) is None
+    path = save_checkpoint({"step": 0}, tmp_path / "checkpoints" / "last.pt")
+    assert find_checkpoint(tmp_path) == path == find_checkpoint(path) == find_checkpoint(path.parent)
 
 
 def test_last_good_state_keeps_a_snapshot():
     loss, update = make_agent()
-    good = T.LastGoodState()
-    good.keep(lambda: T.training_state(loss, update))
+    good = LastGoodState()
+    good.keep(lambda: training_state(loss, update))
     assert good.step == 0
     with torch.no_grad():
         next(loss.actor_network.parameters()).fill_(math.nan)
@@ -249,7 +264,7 @@ def test_loss_config_mirrors_the_loss_constructor():
     from dataclasses import asdict
 
     params = inspect.signature(CQLLoss.__init__).parameters
-    assert set(asdict(T.LossConfig())) <= set(params)
-    for name, value in asdict(T.LossConfig()).items():
+    assert set(asdict(LossConfig())) <= set(params)
+    for name, value in asdict(LossConfig()).items():
         default = params[name].default
         assert value == default or (name == "critic_compute_dtype" and default is None), name

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .d4rl import D4RL_DATASETS
 from .errors import DatasetError
-from .info import DatasetInfo
+
+if TYPE_CHECKING:  # info.py imports this module: no import at run time (no cycle)
+    from .info import DatasetInfo
 
 
-def reference_scores(dataset: DatasetInfo | str) -> tuple[float, float]:
+def reference_scores(dataset: DatasetInfo | str | tuple[float, float]) -> tuple[float, float]:
     """(ref_min_score, ref_max_score) of a dataset.
 
-    ``dataset`` is a :class:`DatasetInfo` (its stored refs), a D4RL name (the D4RL table) or a
-    local Minari id (``ref_min_score`` / ``ref_max_score`` of its metadata).
+    ``dataset`` is a :class:`DatasetInfo` (its stored refs), a D4RL name (the D4RL table), a
+    local Minari id (``ref_min_score`` / ``ref_max_score`` of its metadata) or the pair itself.
     """
-    if isinstance(dataset, DatasetInfo):
+    if isinstance(dataset, tuple):
+        refs, name = dataset, str(dataset)
+    elif hasattr(dataset, "ref_min_score"):  # a DatasetInfo
         refs, name = (dataset.ref_min_score, dataset.ref_max_score), dataset.name
     elif dataset in D4RL_DATASETS:
         entry = D4RL_DATASETS[dataset]
@@ -27,11 +33,14 @@ def reference_scores(dataset: DatasetInfo | str) -> tuple[float, float]:
         refs, name = (metadata.get("ref_min_score"), metadata.get("ref_max_score")), dataset
     if refs[0] is None or refs[1] is None:
         raise DatasetError(f"dataset '{name}' has no reference scores (ref_min_score/ref_max_score)")
+    if not refs[1] > refs[0]:
+        raise DatasetError(f"dataset '{name}': ref_max_score ({refs[1]}) must be > ref_min_score ({refs[0]})")
     return float(refs[0]), float(refs[1])
 
 
-def normalized_score(dataset: DatasetInfo | str, returns):
-    """Normalized score of episode return(s): a float for a float, an array for an array."""
+def normalized_score(dataset: DatasetInfo | str | tuple[float, float], returns):
+    """Normalized score of episode return(s): a float for a float, an array for an array.
+    ``dataset``: anything :func:`reference_scores` accepts."""
     lo, hi = reference_scores(dataset)
     score = 100.0 * (np.asarray(returns, dtype=np.float64) - lo) / (hi - lo)
     return float(score) if score.ndim == 0 else score

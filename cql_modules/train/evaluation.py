@@ -4,7 +4,7 @@ Every episode runs to its own end (termination or the env's time limit): episode
 played one after the other, so no episode is cut when another one ends. Episode ``i`` of
 an evaluation starts from ``env.reset(seed=seed + i)``: every evaluation of a run sees the
 same start states (less noisy learning curves), and evaluating never draws from the
-training random streams (wrap the call in :func:`cql_modules.training.preserve_rng` to
+training random streams (wrap the call in :func:`cql_modules.train.state.preserve_rng` to
 also protect torch's global generator from the policy / transforms).
 
 Metric names follow CORL (``d4rl_normalized_score``, ``eval_score``) plus an ``eval/``
@@ -24,6 +24,8 @@ from torchrl.envs import TransformedEnv
 from torchrl.envs.gym_like import BaseInfoDictReader
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from cql_modules.data.scores import normalized_score
+
 if TYPE_CHECKING:
     from cql_modules.data import DatasetInfo
 
@@ -35,7 +37,6 @@ __all__ = [
     "env_success_keys",
     "SuccessInfoReader",
     "add_success_reader",
-    "normalized_score",
     "regret",
     "score_regret",
 ]
@@ -44,14 +45,6 @@ DEFAULT_MAX_STEPS = 100_000  # safety cap for envs without a time limit
 #: info keys an environment may use to report task success (gymnasium-robotics: "success";
 #: many goal envs: "is_success"; D4RL Adroit: "goal_achieved").
 SUCCESS_KEYS = ("success", "is_success", "goal_achieved")
-
-
-def normalized_score(returns, ref_min: float, ref_max: float):
-    """D4RL normalized score ``100 * (return - ref_min) / (ref_max - ref_min)``."""
-    if not ref_max > ref_min:
-        raise ValueError(f"ref_max ({ref_max}) must be > ref_min ({ref_min})")
-    score = 100.0 * (np.asarray(returns, dtype=np.float64) - ref_min) / (ref_max - ref_min)
-    return float(score) if score.ndim == 0 else score
 
 
 def regret(successes: Sequence[float]) -> float:
@@ -220,6 +213,7 @@ def evaluate(
     max_steps: int | None = None,
     ref_scores: tuple[float, float] | None = None,
     success_keys: Sequence[str] = (),
+    goal_reward: float | None = None,
 ) -> EvalResult:
     """Play ``n_episodes`` complete episodes with ``policy`` in deterministic mode
     (``ExplorationType.DETERMINISTIC``: a tanh-Gaussian actor plays ``tanh(mean)``).
@@ -236,6 +230,9 @@ def evaluate(
             read into the env with :func:`add_success_reader`). With keys, an episode
             succeeded when any key is true at any step: ``result.successes`` per episode
             and ``eval/success_rate`` in the metrics.
+        goal_reward: without success keys, an episode succeeded when a step's reward
+            exceeds this (sparse goal tasks: a raw reward > 0, CORL's ``is_goal_reached``);
+            None: no success signal.
     """
     import time
 
@@ -258,11 +255,13 @@ def evaluate(
                 lengths.append(int(traj.shape[-1]))
                 if success_keys:
                     successes.append(any(bool(traj["next", k].any()) for k in success_keys))
+                elif goal_reward is not None:
+                    successes.append(bool((traj["next", "reward"] > goal_reward).any()))
     finally:
         if was_training and hasattr(policy, "train"):
             policy.train()
     normalized = None
     if ref_scores is not None:
-        normalized = [float(s) for s in normalized_score(np.asarray(returns), *ref_scores)]
+        normalized = [float(s) for s in normalized_score(ref_scores, np.asarray(returns))]
     return EvalResult(returns, lengths, normalized, seconds=time.perf_counter() - start,
-                      successes=successes if success_keys else None)
+                      successes=successes if success_keys or goal_reward is not None else None)
