@@ -259,12 +259,60 @@ def test_last_good_state_keeps_a_snapshot():
     assert all(torch.isfinite(v).all() for v in good.state["loss"].values() if v.is_floating_point())
 
 
-def test_loss_config_mirrors_the_loss_constructor():
+LOSS_OVERRIDES = {  # a valid non-default command-line value for the arguments a rule below cannot make
+    "loss_function": "l1", "reduction": "sum", "target_entropy": -1.5, "critic_compute_dtype": "bfloat16",
+    "fused_critic": False, "clip_diff_min": -100.0, "clip_diff_max": 100.0, "gamma": 0.5,
+}
+
+
+def _other_value(name, default):
+    if name in LOSS_OVERRIDES:
+        return LOSS_OVERRIDES[name]
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int):
+        return default + 1
+    return default / 2 if default else 0.5
+
+
+def test_every_loss_argument_is_reachable_from_the_recipe_config_with_the_same_default(monkeypatch):
+    """CQLLoss's signature is the one source of the loss defaults: every constructor argument
+    (the networks and the action spec aside) is a ``loss.*`` field of the recipe config with the
+    same default, and a command-line value reaches the constructor."""
     import inspect
     from dataclasses import asdict
+    from pathlib import Path
 
-    params = inspect.signature(CQLLoss.__init__).parameters
-    assert set(asdict(LossConfig())) <= set(params)
-    for name, value in asdict(LossConfig()).items():
-        default = params[name].default
-        assert value == default or (name == "critic_compute_dtype" and default is None), name
+    import gymnasium as gym
+    from hydra import compose, initialize_config_dir
+
+    from cql_modules.train import build
+    from cql_modules.train.config import LOSS_NON_CONFIG_ARGS, register_configs
+
+    params = {name: p.default for name, p in inspect.signature(CQLLoss.__init__).parameters.items()
+              if name not in LOSS_NON_CONFIG_ARGS}
+    assert {"fused_critic", "reduction", "critic_compute_dtype"} <= params.keys()
+    assert asdict(OfflineConfig().loss) == params
+
+    register_configs()
+    overrides = {name: _other_value(name, default) for name, default in params.items()}
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
+        default_cfg = compose("offline_cql", overrides=["dataset.name=x"])
+        cfg = compose("offline_cql", overrides=["dataset.name=x"] + [f"loss.{k}={v}" for k, v in overrides.items()])
+    # the recipe's own config file and the embedded dataset's preset leave every default but cql_alpha
+    assert {k: v for k, v in dict(default_cfg.loss).items() if v != params[k]} == {"cql_alpha": 1.0}
+
+    received = {}
+
+    class Stop(Exception):
+        pass
+
+    def recording_loss(actor, critic, *, action_spec, **kwargs):
+        received.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(build, "CQLLoss", recording_loss)
+    info = type("Info", (), {"observation_space": gym.spaces.Box(-1, 1, (3,)), "action_space": gym.spaces.Box(-1, 1, (2,))})
+    with pytest.raises(Stop):
+        build.build_learner(validate_config(cfg, check_dataset=False), info)
+    assert received == overrides
