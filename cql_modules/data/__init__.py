@@ -24,6 +24,7 @@ from .envs import make_env
 from .errors import DatasetError, DatasetNotFoundError
 from .info import DatasetInfo
 from .loading import dataset_problem, load_dataset, locate_dataset, make_replay_buffer
+from .maze import MAZE_DATASET_ID, build_maze_dataset, ensure_maze_dataset
 from .scores import normalized_score, reference_scores
 from .transforms import RewardModification, StateNormalizer
 from .transitions import EpisodeStats, Transitions, return_to_go
@@ -38,17 +39,20 @@ __all__ = [
     "DatasetError",
     "DatasetInfo",
     "DatasetNotFoundError",
+    "MAZE_DATASET_ID",
     "EpisodeStats",
     "RewardModification",
     "StateNormalizer",
     "Transitions",
     "build_cartpole_dataset",
     "build_default_dataset",
+    "build_maze_dataset",
     "build_minari_dataset",
     "collect_episodes",
     "d4rl_cache_dir",
     "dataset_problem",
     "ensure_default_dataset",
+    "ensure_maze_dataset",
     "keys",
     "load_dataset",
     "load_behaviour_policy",

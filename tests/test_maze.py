@@ -1,0 +1,99 @@
+"""The embedded PointMaze dataset: grid shortest paths, the planner, a tiny build, its
+evaluation task and reference scores."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from cql_modules.data import MAZE_DATASET_ID, keys, load_dataset, locate_dataset, make_env
+from cql_modules.data.maze import (
+    EPISODE_STEPS,
+    EVAL_GOAL_CELL,
+    EVAL_RESET_CELL,
+    MazeGrid,
+    build_maze_dataset,
+    make_maze_envs,
+    planner_policy,
+    run_episodes,
+)
+
+TINY = "test/pointmaze/tiny-v0"
+
+
+@pytest.fixture(scope="module")
+def grid():
+    return MazeGrid.of_env()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("minari")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(root))
+        numbers = build_maze_dataset(TINY, episodes=4, reference_episodes=2, num_envs=2, progress=False)
+        yield numbers
+
+
+def test_grid_shortest_paths(grid):
+    # PointMaze Medium: 8x8, the evaluation cells are 11 moves apart, the longest path in the maze
+    a, b = grid.index[EVAL_RESET_CELL], grid.index[EVAL_GOAL_CELL]
+    assert grid.distance[a, b] == 11 == grid.distance.max()
+    n = len(grid.cells)
+    for a in range(n):
+        for b in range(n):
+            step = grid.next_cell[a, b]
+            if a == b:
+                assert step == a
+            else:  # one move along a shortest path
+                assert step in grid.neighbours(a) and grid.distance[step, b] == grid.distance[a, b] - 1
+
+
+def test_cell_coordinates_match_the_env(grid):
+    env = gym.make("PointMaze_Medium-v3")
+    maze = env.unwrapped.maze
+    for cell in grid.cells:
+        xy = maze.cell_rowcol_to_xy(np.array(cell))
+        np.testing.assert_allclose(grid.cell_xy(cell), xy)
+        assert grid.cells[grid.cell_of(xy + 0.3)] == cell  # anywhere inside the cell
+
+
+def test_planner_solves_the_evaluation_task(grid):
+    eps = run_episodes(make_maze_envs(2, evaluation=True), 2, planner_policy(grid), seed=0)
+    for ep in eps:
+        assert ep["success"] and len(ep["rewards"]) == EPISODE_STEPS
+        # the goal stays: once there, the planner holds it (most of the remaining steps)
+        first = int(np.argmax(ep["rewards"] > 0))
+        assert ep["rewards"][first:].mean() > 0.9
+        start = ep["observations"]["achieved_goal"][0]
+        assert grid.cells[grid.cell_of(start)] == EVAL_RESET_CELL
+        assert grid.cells[grid.cell_of(ep["observations"]["desired_goal"][0])] == EVAL_GOAL_CELL
+
+
+def test_tiny_build_loads_with_its_evaluation_task(tiny):
+    rb, info = load_dataset(TINY, normalize_states=False)
+    data = rb[: len(rb)]
+    assert len(rb) == 4 * EPISODE_STEPS and tiny["transitions"] == len(rb)
+    # flattened goal observation: achieved_goal (= position), desired_goal, position, velocity
+    assert info.observation_keys == ("achieved_goal", "desired_goal", "observation")
+    obs, nxt = data[keys.OBSERVATION].numpy(), data[keys.NEXT_OBSERVATION].numpy()
+    np.testing.assert_allclose(obs[:, 0:2], obs[:, 4:6])
+    # sparse reward: 1 within 0.45 of the goal, read from the next observation
+    raw = (np.linalg.norm(nxt[:, 0:2] - nxt[:, 2:4], axis=-1) <= 0.45).astype(np.float32)
+    np.testing.assert_array_equal(data[keys.REWARD].squeeze(-1).numpy(), raw)
+    assert raw.sum() == pytest.approx(tiny["goals_per_episode"] * 4)
+    assert info.sparse_reward
+    # references measured at build time on the evaluation task
+    assert (info.ref_min_score, info.ref_max_score) == (tiny["random_return"], tiny["planner_return"])
+    assert tiny["planner_success"] == 1.0 and tiny["planner_return"] > tiny["random_return"]
+    # the evaluation env is the dataset's: fixed start and goal cells, the goal kept once reached
+    env = make_env(info, normalizer=None, seed=0)
+    grid = MazeGrid.of_env()
+    first = env.reset()[keys.OBSERVATION].numpy()
+    assert grid.cells[grid.cell_of(first[0:2])] == EVAL_RESET_CELL
+    assert grid.cells[grid.cell_of(first[2:4])] == EVAL_GOAL_CELL
+    unwrapped = env.base_env._env.unwrapped
+    assert unwrapped.continuing_task and not unwrapped.reset_target
+
+
+def test_embedded_id_is_built_on_demand():
+    assert locate_dataset(MAZE_DATASET_ID) == ("minari", MAZE_DATASET_ID)
