@@ -1,0 +1,173 @@
+"""Runs you can trust (issue 11, cases 1, 2, 4-9, 13): the recipe's real command line
+(``@hydra.main`` + :func:`cql_modules.train.cli.guarded`), called in-process on tiny runs.
+
+Each test reproduces one case of the issue; the number is in the test's name."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from run_fixtures import ROOT, minari_root, tiny_overrides  # noqa: F401  (minari_root: a fixture)
+
+from cql_modules.train.cli import EXIT_CODES
+from cql_modules.train.run_logger import read_metrics
+from cql_modules.train.state import load_checkpoint, previous_checkpoint
+
+SHORT = tiny_overrides(num_updates=4, **{"logger.every": 2, "eval.every": 4, "checkpoint.every": 2})
+KEPT_FILES = ("summary.json", "learning_curve.png", "metrics.jsonl", "run_config.yaml", "checkpoints/last.pt")
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    spec = importlib.util.spec_from_file_location("offline_cql_cli", ROOT / "recipes" / "offline_cql.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def cli(recipe, minari_root, monkeypatch, capsys):  # noqa: F811
+    """``cli(*args)``: run ``python recipes/offline_cql.py *args`` in this process; returns
+    ``(exit code, stderr lines)``."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")  # Hydra then finds configs/ beside the recipe file
+
+    def run(*args: str) -> tuple[int, list[str]]:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["offline_cql.py", *args])
+        try:
+            recipe.main()
+            code = 0
+        except SystemExit as stop:
+            code = stop.code or 0
+        return code, [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+
+    return run
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {name: (run_dir / name).read_bytes() for name in KEPT_FILES if (run_dir / name).is_file()}
+
+
+def steps(run_dir: Path) -> list[int]:
+    return [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+def untimed(records: list[dict]) -> list[dict]:
+    """Metric records without the clock's readings (speed, durations)."""
+    return [{k: v for k, v in r.items() if not k.endswith(("per_s", "seconds", "time_s"))} for r in records]
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture
+def done(cli, tmp_path) -> Path:
+    """A completed tiny run (4 updates, checkpoints at 2 and 4)."""
+    run_dir = tmp_path / "run"
+    code, err = cli(*SHORT, "network.hidden_dim=6", f"hydra.run.dir={run_dir}")
+    assert code == 0, err
+    return run_dir
+
+
+def test_case1_resume_restores_the_runs_own_config(cli, done):
+    code, err = cli("resume=true", f"hydra.run.dir={done}", "num_updates=6")  # as the README says, plus a longer run
+    assert code == 0, err
+    s = summary(done)
+    assert s["status"] == "completed" and s["updates"] == 6
+    assert s["config"]["network"]["hidden_dim"] == 6 and s["config"]["num_updates"] == 6  # what was used
+    assert steps(done) == [2, 4, 6]
+    launches = [json.loads(ln) for ln in (done / "launches.jsonl").read_text().splitlines()]
+    assert launches[-1]["changed"] == {"num_updates": [4, 6]}
+
+
+def test_case2_and_case4_changed_hyperparameters_are_refused_and_nothing_is_touched(cli, done):
+    before = snapshot(done)
+    code, err = cli("resume=true", f"hydra.run.dir={done}", "loss.cql_alpha=50", "optim.critic_lr=0.01", "seed=7")
+    assert code == EXIT_CODES["config"] and len(err) == 1, err
+    for field in ("loss.cql_alpha: saved", "requested 50.0", "optim.critic_lr", "seed: saved 0, requested 7"):
+        assert field in err[0]
+    assert snapshot(done) == before
+
+
+def test_case4_a_failed_resume_leaves_the_run_as_it_was(cli, done):
+    for path in (done / "checkpoints" / "last.pt", previous_checkpoint(done / "checkpoints" / "last.pt")):
+        path.write_bytes(path.read_bytes()[:100])  # both checkpoints truncated
+    before = snapshot(done)
+    code, err = cli("resume=true", f"hydra.run.dir={done}", "num_updates=6")
+    assert code == EXIT_CODES["checkpoint"] and len(err) == 1 and "corrupt" in err[0], err
+    assert snapshot(done) == before and summary(done)["status"] == "completed"
+
+
+def test_case5_a_new_run_never_overwrites_a_run(cli, done):
+    before = snapshot(done)
+    code, err = cli(*SHORT, f"hydra.run.dir={done}")
+    assert code == EXIT_CODES["run_dir"] and len(err) == 1 and "resume=true" in err[0], err
+    assert snapshot(done) == before and load_checkpoint(done / "checkpoints" / "last.pt")["step"] == 4
+
+
+def test_case6_resume_without_a_checkpoint_starts_clean_and_logs_each_step_once(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    assert cli(*SHORT, "logger.backends=[csv]", f"hydra.run.dir={run_dir}")[0] == 0
+    logged = read_metrics(run_dir / "metrics.jsonl")
+    for path in (run_dir / "checkpoints").iterdir():  # as if killed before the first checkpoint
+        path.unlink()
+    (run_dir / "summary.json").unlink()
+    code, err = cli("resume=true", f"hydra.run.dir={run_dir}")
+    assert code == 0, err
+    assert steps(run_dir) == [2, 4]
+    for csv in (run_dir / "csv").glob("**/*.csv"):
+        rows = [int(float(ln.split(",")[0])) for ln in csv.read_text().splitlines()]
+        assert rows == sorted(set(rows)), csv
+    assert untimed(read_metrics(run_dir / "metrics.jsonl")) == untimed(logged)  # the same run, from scratch
+
+
+def test_case7_a_corrupt_checkpoint_is_named_and_the_previous_one_is_used(cli, done):
+    last = done / "checkpoints" / "last.pt"
+    assert load_checkpoint(previous_checkpoint(last))["step"] == 2  # the previous checkpoint is kept
+    last.write_bytes(last.read_bytes()[:1000])
+    code, err = cli("resume=true", f"hydra.run.dir={done}", "num_updates=6")
+    assert code == 0, err
+    said = [ln for ln in (done / "offline_cql.log").read_text().splitlines() if "WARNING" in ln]  # Hydra's job log
+    assert len(said) == 1 and "is corrupt" in said[0]
+    assert "resuming from the previous checkpoint" in said[0] and "(update 2)" in said[0]
+    assert steps(done) == [2, 4, 6] and summary(done)["updates"] == 6
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_case8_an_unavailable_device_is_refused_before_any_data_is_loaded(cli, tmp_path):
+    # a dataset that does not exist: had anything looked at the data first, it would be the error
+    code, err = cli(*SHORT, "device=cuda", "dataset.name=no-such/dataset-v0", f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == EXIT_CODES["environment"] and len(err) == 1 and "device=cpu" in err[0], err
+
+
+def test_case9_unknown_keys_are_refused_also_when_added_with_plus(cli, tmp_path):
+    code, err = cli(*SHORT, "+loss.cql_alph=5", f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == EXIT_CODES["config"] and len(err) == 1, err
+    assert "loss.cql_alph" in err[0] and "loss.cql_alpha?" in err[0]
+
+
+@pytest.mark.parametrize("override, kind", [
+    ("batch_size=-1", "config"),
+    ("dataset.name=no-such/dataset-v0", "config"),
+    ("dataset.name={hdf5}", "data"),
+])
+def test_case13_errors_inside_a_run_are_one_line_with_their_exit_code(cli, tmp_path, override, kind):
+    broken = tmp_path / "broken.hdf5"
+    broken.write_bytes(b"not an hdf5 file")
+    run_dir = tmp_path / "run"
+    code, err = cli(*SHORT, override.format(hdf5=broken), f"hydra.run.dir={run_dir}")
+    assert code == EXIT_CODES[kind] and len(err) == 1 and "Traceback" not in err[0], err
+    assert summary(run_dir)["status"] == "failed"
+    assert cli(*SHORT, f"hydra.run.dir={run_dir}")[0] == 0  # a failed start holds no run: the dir can be reused
+
+
+def test_case13_the_traceback_comes_back_with_hydra_full_error(cli, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    code, err = cli(*SHORT, "batch_size=-1", f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == EXIT_CODES["config"] and "Traceback (most recent call last):" in err and len(err) > 3
