@@ -201,3 +201,18 @@ def test_bench_cuda_graph_tiny(bench, tmp_path):
     row = json.loads(out.read_text())["results"][0]
     assert row["status"] == "ok", row
     assert row["hours_per_million_updates"] > 0
+
+
+def test_bf16_learning_tabulates_runs(tmp_path, capsys):
+    mod = _load("bf16_learning")
+    for prec, seed, final, qf1 in (("fp32", 0, 100.0, [-5.0, -3.0]), ("fp32", 1, 90.0, [-4.0, -1.0]),
+                                   ("bf16", 0, 80.0, [-2.0, 7.0])):
+        d = tmp_path / f"{prec}-seed{seed}"
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps({"final_normalized_score": final, "best_normalized_score": final + 1}))
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "average_qf1": q}) + "\n"
+                                                 for i, q in enumerate(qf1)))
+    runs = mod.main(["--tabulate", str(tmp_path)])
+    assert [r["average_qf1_final"] for r in runs["fp32"]] == [-3.0, -1.0]
+    assert runs["bf16"][0]["best"] == 81.0
+    assert "| fp32 | 2 | 95.0 +- 7.1 | 96.0 +- 7.1 | -2.0 +- 1.4 |" in capsys.readouterr().out
