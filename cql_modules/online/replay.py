@@ -159,6 +159,8 @@ class OnlineReplay:
                              f"rows {first}..{n} of the checkpoint")
         rows = rows[lo:hi]
         cursor = int(pos[0])
+        # the writer's position: TorchRL's writers have no setter; their public state dict
+        # holds it under "_cursor"
         written = self.writer.state_dict()
         self.writer.load_state_dict({**written, "_cursor": cursor})
         self.buffer.extend(rows)  # "mix": OfflineToOnlineReplayBuffer routes it to the online buffer

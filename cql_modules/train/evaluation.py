@@ -124,8 +124,7 @@ class EvalResult:
 def episode_limit(env) -> int | None:
     """The wrapped gymnasium env's ``max_episode_steps`` (None if it has none)."""
     base = getattr(env, "base_env", env)
-    gym_env = getattr(base, "_env", None)
-    spec = getattr(gym_env, "spec", None)
+    spec = getattr(base, "spec", None)  # TorchRL's wrapper forwards unknown attributes to the gymnasium env
     return getattr(spec, "max_episode_steps", None)
 
 

@@ -11,6 +11,7 @@ On resume, :meth:`RunLogger.rewind` drops what was logged after the checkpoint (
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -177,6 +178,7 @@ class RunLogger:
     def _make(self, backend, config, project, group, wandb_mode, wandb_id):
         from torchrl.record.loggers import CSVLogger, TensorboardLogger, WandbLogger
 
+        _require(backend)
         if backend == "csv":
             logger = CSVLogger(exp_name=self.exp_name, log_dir=str(self.run_dir / "csv"))
         elif backend == "tensorboard":
@@ -248,6 +250,8 @@ class RunLogger:
             writer.flush()
         if "csv" in self.loggers:
             experiment = self.loggers["csv"].experiment
+            # torchrl's CSVExperiment keeps one open handle per metric in ``files`` and has no
+            # close/reopen API: close them so the rewritten files are reopened on the next log
             for fd in experiment.files.values():
                 fd.close()
             experiment.files.clear()
@@ -290,6 +294,22 @@ class RunLogger:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+#: the package each logger backend needs, and the extra that installs it
+BACKEND_PACKAGES = {"tensorboard": ("tensorboard", "recipes"), "wandb": ("wandb", "wandb")}
+
+
+def _require(backend: str) -> None:
+    """One line naming the extra to install when a chosen backend's package is missing."""
+    if backend not in BACKEND_PACKAGES:
+        return
+    package, extra = BACKEND_PACKAGES[backend]
+    if importlib.util.find_spec(package) is None:
+        from cql_modules.train.cli import EnvironmentProblem
+
+        raise EnvironmentProblem(f"logger.backends: {backend} needs the {package} package: "
+                                 f"pip install 'cql-modules[{extra}]' (or drop {backend} from logger.backends)")
 
 
 def _csv_step(line: str) -> int | None:
