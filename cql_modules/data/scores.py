@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from .d4rl import D4RL_DATASETS
 from .errors import DatasetError
 
-if TYPE_CHECKING:  # info.py imports this module: no import at run time (no cycle)
-    from .info import DatasetInfo
 
-
-def reference_scores(dataset: DatasetInfo | str | tuple[float, float]) -> tuple[float, float]:
+def reference_scores(dataset: Any) -> tuple[float, float]:
     """(ref_min_score, ref_max_score) of a dataset.
 
-    ``dataset`` is a :class:`DatasetInfo` (its stored refs), a D4RL name (the D4RL table), a
+    ``dataset`` is a :class:`~cql_modules.data.DatasetInfo` (its stored refs; read by duck typing,
+    as ``info.py`` uses this module), a D4RL name (the D4RL table), a
     local Minari id (``ref_min_score`` / ``ref_max_score`` of its metadata) or the pair itself.
     """
     if isinstance(dataset, tuple):
@@ -38,7 +36,7 @@ def reference_scores(dataset: DatasetInfo | str | tuple[float, float]) -> tuple[
     return float(refs[0]), float(refs[1])
 
 
-def normalized_score(dataset: DatasetInfo | str | tuple[float, float], returns):
+def normalized_score(dataset: Any, returns):
     """Normalized score of episode return(s): a float for a float, an array for an array.
     ``dataset``: anything :func:`reference_scores` accepts."""
     lo, hi = reference_scores(dataset)

@@ -306,10 +306,8 @@ def _require(backend: str) -> None:
         return
     package, extra = BACKEND_PACKAGES[backend]
     if importlib.util.find_spec(package) is None:
-        from cql_modules.train.cli import EnvironmentProblem
-
-        raise EnvironmentProblem(f"logger.backends: {backend} needs the {package} package: "
-                                 f"pip install 'cql-modules[{extra}]' (or drop {backend} from logger.backends)")
+        raise ModuleNotFoundError(f"logger.backends: {backend} needs the {package} package: pip install "
+                                  f"'cql-modules[{extra}]' (or drop {backend} from logger.backends)", name=package)
 
 
 def _csv_step(line: str) -> int | None:
