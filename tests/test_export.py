@@ -82,3 +82,51 @@ def test_bad_inputs(tiny_run, tmp_path):
         export_policy(tiny_run, tmp_path / "p", format="tflite")
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         export_policy(tmp_path / "nothing", tmp_path / "p")
+
+
+# ----------------------------------------------------------------------------- recipes/evaluate.py
+def load_evaluate_recipe():
+    import importlib.util
+
+    from run_fixtures import ROOT
+
+    spec = importlib.util.spec_from_file_location("evaluate_recipe", ROOT / "recipes" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evaluate_appends_to_the_summary(tiny_run, tmp_path):
+    """The real command line; the run's own seeds: episode 0 repeats its last evaluation."""
+    import json
+    import shutil
+
+    from run_fixtures import run_recipe
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    before = json.loads((run_dir / "summary.json").read_text())
+    out = run_recipe(str(run_dir), "eval.n_episodes=3", cwd=tmp_path, recipe="evaluate.py")
+    assert out.stdout.strip().splitlines()[-1].startswith("3 episodes at update 8: normalized_score ")
+    load_evaluate_recipe().main([str(run_dir / "checkpoints" / "last.pt"), "eval.n_episodes=2", "num_threads=1"])
+
+    after = json.loads((run_dir / "summary.json").read_text())
+    extra = after.pop("reevaluations")
+    assert after == before  # the original fields are untouched
+    assert [e["n_episodes"] for e in extra] == [3, 2] and all(e["step"] == 8 for e in extra)
+    first, second = extra
+    assert first["returns"][0] == pytest.approx(before["final_return"], rel=1e-6)
+    assert second["returns"] == pytest.approx(first["returns"][:2], rel=1e-6)
+    assert first["return_mean"] == pytest.approx(np.mean(first["returns"]))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{run}", "loss.cql_alpha=5"], "loss.cql_alpha=5: not an allowed override"),
+    (["{run}", "eval.n_episodes=0"], "eval.n_episodes: must be > 0"),
+    (["{missing}"], "no checkpoint at"),
+])
+def test_evaluate_errors_are_one_line(tiny_run, tmp_path, capsys, args, message):
+    argv = [a.format(run=tiny_run, missing=tmp_path / "nothing") for a in args]
+    assert load_evaluate_recipe().main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
