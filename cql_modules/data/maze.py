@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
-from tqdm.auto import tqdm
 
 from .collect import LOCAL_BUILDERS, write_minari_dataset
 from .minari_source import is_local_minari, minari_root
@@ -157,6 +156,8 @@ def run_episodes(
     """Play ``n_episodes`` full episodes (``len(envs)`` at a time, all the same length) with
     ``act(obs_dict_batch) -> actions``; return them as Minari episode dicts plus the
     per-episode ``success`` (any step)."""
+    from tqdm.auto import tqdm  # the [recipes] extra: the core install imports this module without it
+
     episodes = []
     with tqdm(total=n_episodes, desc=desc, disable=not progress) as bar:
         for start in range(0, n_episodes, len(envs)):
