@@ -327,6 +327,10 @@ class DiscreteCQLLoss(LossModule):
         return TensorDict(out, batch_size=[])
 
     # ------------------------------------------------------------------ helpers
+    def count_update(self) -> None:
+        """Part of the recipes' update-step protocol (``UpdateStep`` calls it after each
+        optimizer step); this loss has no warm-up phase, so there is nothing to count."""
+
     def _alpha_prime(self) -> torch.Tensor | None:
         return self.log_alpha_prime.exp().clamp(0.0, 1e6) if self.lagrange else None
 

@@ -14,7 +14,7 @@ import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, is_dataclass, make_dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from cql_modules.data import dataset_problem
 from cql_modules.objectives.cql import CQLLoss
@@ -31,6 +31,8 @@ __all__ = [
     "OfflineConfig",
     "register_configs",
     "validate_config",
+    "check_cql_learner",
+    "loss_fields",
     "config_to_dict",
 ]
 
@@ -78,14 +80,15 @@ def _config_type(hint: Any) -> Any:
     return Optional[primitives[0]] if type(None) in members else primitives[0]
 
 
-def _loss_fields() -> list[tuple[str, Any, Any]]:
-    hints = typing.get_type_hints(CQLLoss.__init__)
+def loss_fields(loss_cls: type = CQLLoss, skip: tuple[str, ...] = LOSS_NON_CONFIG_ARGS) -> list[tuple[str, Any, Any]]:
+    """``make_dataclass`` fields of a loss's keyword arguments (same names, types, defaults)."""
+    hints = typing.get_type_hints(loss_cls.__init__)
     return [(name, _config_type(hints.get(name, type(p.default))), field(default=p.default))
-            for name, p in inspect.signature(CQLLoss.__init__).parameters.items()
-            if name not in LOSS_NON_CONFIG_ARGS and p.kind is not inspect.Parameter.VAR_KEYWORD]
+            for name, p in inspect.signature(loss_cls.__init__).parameters.items()
+            if name not in skip and p.kind is not inspect.Parameter.VAR_KEYWORD]
 
 
-LossConfig = make_dataclass("LossConfig", _loss_fields())
+LossConfig = make_dataclass("LossConfig", loss_fields())
 LossConfig.__module__ = __name__
 LossConfig.__doc__ = ("Keyword arguments of :class:`cql_modules.CQLLoss`, derived from its signature: "
                       "same names, same defaults (``loss.<name>=...`` on the command line).")
@@ -212,31 +215,8 @@ class _Checker:
         self(ok, key, "must be >= 0" if allow_zero else "must be > 0")
 
 
-def validate_config(cfg: Any, schema: type = OfflineConfig, *, check_dataset: bool = True) -> Any:
-    """Type-check ``cfg`` (a ``DictConfig``/dict or a dataclass) against ``schema`` and
-    range-check its values; return the dataclass object. Raises :class:`ConfigError`
-    whose message starts with the offending field, e.g. ``loss.cql_alpha: must be >= 0``.
-
-    A recipe with more fields subclasses :class:`OfflineConfig` and adds its own checks
-    after calling this.
-    """
-    c = _to_object(cfg, schema)
-    check = _Checker(c)
-    check(c.seed >= 0, "seed", "must be >= 0")
-    check(bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", c.device)), "device", "must be auto, cpu, mps, cuda or cuda:N")
-    check.positive("num_updates")
-    check.positive("batch_size")
-    check.positive("num_threads", optional=True)
-    # dataset
-    check(bool(c.dataset.name), "dataset.name", "must name a dataset")
-    check(math.isfinite(c.dataset.reward_scale) and c.dataset.reward_scale != 0, "dataset.reward_scale",
-          "must be finite and non-zero")
-    check(math.isfinite(c.dataset.reward_bias), "dataset.reward_bias", "must be finite")
-    if check_dataset:
-        problem = dataset_problem(c.dataset.name, c.dataset.download)
-        if problem:
-            raise ConfigError(f"dataset.name: {problem}")
-    # network
+def check_cql_learner(check: _Checker, c: Any) -> None:
+    """Range checks of the ``network``, ``loss`` and ``optim`` sections of :class:`OfflineConfig`."""
     for key in ("hidden_dim", "actor_n_hidden_layers", "q_n_hidden_layers"):
         check.positive(f"network.{key}")
     # loss (CQLLoss checks its arguments too; these name the config field)
@@ -261,6 +241,35 @@ def validate_config(cfg: Any, schema: type = OfflineConfig, *, check_dataset: bo
         check.positive(f"optim.{key}", optional=True)
     check(0 < c.optim.tau <= 1, "optim.tau", "must be in (0, 1]")
     check.positive("optim.target_update_period")
+
+
+def validate_config(cfg: Any, schema: type = OfflineConfig, *, check_dataset: bool = True,
+                    learner_checks: Callable[[_Checker, Any], None] = check_cql_learner) -> Any:
+    """Type-check ``cfg`` (a ``DictConfig``/dict or a dataclass) against ``schema`` and
+    range-check its values; return the dataclass object. Raises :class:`ConfigError`
+    whose message starts with the offending field, e.g. ``loss.cql_alpha: must be >= 0``.
+
+    A recipe with more fields subclasses :class:`OfflineConfig` and adds its own checks
+    after calling this; one with another learner (``recipes/discrete_cql.py``) passes its
+    own ``learner_checks`` for the ``network``, ``loss`` and ``optim`` sections.
+    """
+    c = _to_object(cfg, schema)
+    check = _Checker(c)
+    check(c.seed >= 0, "seed", "must be >= 0")
+    check(bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", c.device)), "device", "must be auto, cpu, mps, cuda or cuda:N")
+    check.positive("num_updates")
+    check.positive("batch_size")
+    check.positive("num_threads", optional=True)
+    # dataset
+    check(bool(c.dataset.name), "dataset.name", "must name a dataset")
+    check(math.isfinite(c.dataset.reward_scale) and c.dataset.reward_scale != 0, "dataset.reward_scale",
+          "must be finite and non-zero")
+    check(math.isfinite(c.dataset.reward_bias), "dataset.reward_bias", "must be finite")
+    if check_dataset:
+        problem = dataset_problem(c.dataset.name, c.dataset.download)
+        if problem:
+            raise ConfigError(f"dataset.name: {problem}")
+    learner_checks(check, c)
     # eval / logger / checkpoint
     check.positive("eval.every", allow_zero=True)
     check.positive("eval.n_episodes")
