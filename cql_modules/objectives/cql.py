@@ -548,7 +548,8 @@ class CQLLoss(LossModule):
         mc = _read(td, keys.mc_return).reshape(B).to(y.dtype) if self.calibrated else None
         actions = torch.cat([action[:, None].to(smp.proposals.dtype), smp.proposals], dim=1)  # [B, 1+3N, A]
         q, carrier = self._critic_q(td, actions, y, smp.log_density, mc, alpha_prime, self._state_weight(B, weights))
-        critic = terms.critic_loss_terms(q, y, smp.log_density, mc, alpha_prime, self._critic_options())
+        critic = terms.critic_loss_terms(q[..., 0], q[..., 1:], y, smp.log_density, mc, alpha_prime,
+                                         self._critic_options())
         loss_qvalue = (critic.td + critic.penalty).sum(0)  # [B]
 
         # reduction, write-back and metrics

@@ -55,10 +55,12 @@ def critic_loss_grad(
     state (1/B for a mean, priority weights / their sum with prioritized replay).
     """
     with torch.enable_grad():  # autograd.Function.forward runs with grad disabled
-        q = q.detach().requires_grad_()
-        t = critic_loss_terms(q, y, log_density, mc_return, alpha_prime, opts)
+        # two leaves, not slices of one: autograd then allocates no zero-filled gradients
+        q_data, q_proposals = q[..., 0].detach().requires_grad_(), q[..., 1:].detach().requires_grad_()
+        t = critic_loss_terms(q_data, q_proposals, y, log_density, mc_return, alpha_prime, opts)
         loss = ((t.td + t.penalty).sum(0) * state_weight).sum()
-        return torch.autograd.grad(loss, q)[0]
+        d_data, d_proposals = torch.autograd.grad(loss, (q_data, q_proposals))
+        return torch.cat([d_data[..., None], d_proposals], dim=-1)
 
 
 class FusedCriticGrad(torch.autograd.Function):

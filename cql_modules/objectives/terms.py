@@ -204,27 +204,30 @@ class CriticTerms(NamedTuple):
 
 
 def critic_loss_terms(
-    q: torch.Tensor,
+    q_data: torch.Tensor,
+    q_proposals: torch.Tensor,
     y: torch.Tensor,
     log_density: torch.Tensor,
     mc_return: torch.Tensor | None,
     alpha_prime: torch.Tensor | None,
     opts: CriticLossOptions,
 ) -> CriticTerms:
-    r"""All critic-loss terms from the state-major Q tensor (docs/cql.md, sections 4-6).
+    r"""All critic-loss terms of every critic and state (docs/cql.md, sections 4-6).
 
-    The critic loss of state ``s`` is :math:`\sum_k \ell_k + P_k`. Args:
-    ``q`` ``[K, B, 1 + 3N]`` (see the module docstring); ``y`` ``[B]`` TD targets;
-    ``log_density`` ``[B, 3N]`` proposal log-densities; ``mc_return`` ``[B]`` (Cal-QL) or
-    None; ``alpha_prime`` the Lagrange multiplier or None.
+    The critic loss of state ``s`` is :math:`\sum_k \ell_k + P_k`. Args: ``q_data``
+    ``[K, B]`` and ``q_proposals`` ``[K, B, 3N]`` (columns 0 and 1.. of the state-major Q
+    tensor, see the module docstring); ``y`` ``[B]`` TD targets; ``log_density``
+    ``[B, 3N]`` proposal log-densities; ``mc_return`` ``[B]`` (Cal-QL) or None;
+    ``alpha_prime`` the Lagrange multiplier or None.
     """
     n = opts.num_actions
-    q_data, q_rand, q_policy = q[..., 0], q[..., 1 : 1 + n], q[..., 1 + n :]
+    q_policy = q_proposals[..., n:]
     if mc_return is not None:
         q_policy = calibrate(q_policy, mc_return[:, None])
+        q_proposals = torch.cat([q_proposals[..., :n], q_policy], dim=-1)
     gap = conservative_gap(
         q_data,
-        torch.cat([q_rand, q_policy], dim=-1),
+        q_proposals,
         log_density,
         importance_sample=opts.importance_sample,
         temperature=opts.temperature,
