@@ -16,12 +16,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
 from cql_modules.train.build import build_learner, load_data, setup_run
-from cql_modules.train.cli import guarded
+from cql_modules.train.cli import hydra_entry
 from cql_modules.train.config import register_configs, validate_config
 from cql_modules.train.loop import RunEngine
 from cql_modules.train.summary import fmt
@@ -53,11 +49,7 @@ def train(cfg, run_dir: str | Path) -> dict:
     return engine.run(c.num_updates, desc="offline CQL").finish()
 
 
-@hydra.main(config_path="../configs", config_name="offline_cql", version_base="1.3")
-@guarded  # one-line errors with exit codes, resume from the run's own config, SIGTERM = Ctrl-C
-def main(cfg: DictConfig) -> dict:
-    return train(cfg, HydraConfig.get().runtime.output_dir)  # guarded: exit code by status, score to sweepers
-
+main = hydra_entry(train, "offline_cql")  # one-line errors with exit codes, resume from the run's own config, SIGTERM = Ctrl-C
 
 if __name__ == "__main__":
     main()

@@ -16,10 +16,11 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from cql_modules.train.config import ConfigError, validate_config
+from cql_modules.train.config import ConfigError, register_configs, validate_config
 from cql_modules.train.state import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
+register_configs()  # the schema configs/offline_cql.yaml names (the recipe registers it too)
 CONFIGS = ROOT / "configs"
 DATASET = "test/pendulum/tiny-v0"
 TINY = [

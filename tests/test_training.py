@@ -26,7 +26,7 @@ from cql_modules.train.state import (
     seed_everything,
     training_state,
 )
-from cql_modules.train.config import ConfigError, LossConfig, OfflineConfig, validate_config
+from cql_modules.train.config import ConfigError, OfflineConfig, validate_config
 from cql_modules.train.loop import run_updates
 from cql_modules.train.metrics import MetricAggregator, NonFiniteLossError
 from cql_modules.train.update import UpdateStep, make_optimizer

@@ -343,3 +343,17 @@ def _restore(path: Path, content: bytes | None) -> None:
     elif not path.is_file() or path.read_bytes() != content:
         with atomic_write(path, "wb") as f:
             f.write(content)
+
+
+def hydra_entry(train: Callable[[Any, Path], dict], config_name: str) -> Callable[[], Any]:
+    """A recipe's command line: Hydra with ``configs/<config_name>.yaml`` and :func:`guarded`
+    around ``train(cfg, run_dir)``; Hydra's sweepers get the final normalized score."""
+    import hydra
+
+    @functools.wraps(train)  # Hydra unwraps to ``train``: configs/ and the job name come from the recipe's file
+    def task(cfg: Any) -> float | None:
+        from hydra.core.hydra_config import HydraConfig
+
+        return train(cfg, Path(HydraConfig.get().runtime.output_dir))["final_normalized_score"]
+
+    return hydra.main(config_path="../configs", config_name=config_name, version_base="1.3")(guarded(task))
