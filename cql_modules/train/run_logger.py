@@ -206,7 +206,10 @@ class RunLogger:
             raise ValueError(f"unknown logger backend {backend!r}: use csv, tensorboard or wandb")
         if config:
             try:
-                logger.log_hparams(_flat(config))
+                if backend == "tensorboard":
+                    _tensorboard_hparams(logger.experiment, _flat(config))
+                else:
+                    logger.log_hparams(_flat(config))
             except Exception:  # hparams are a convenience; never fail a run on them
                 pass
         return logger
@@ -278,7 +281,24 @@ class RunLogger:
         return path
 
     def plot(self, path: str | os.PathLike | None = None, **kwargs) -> Path | None:
-        return plot_learning_curve(self.records(), path or self.run_dir / CURVE_FILE, **kwargs)
+        """Write the learning-curve PNG and log it as an image to TensorBoard and W&B."""
+        records = self.records()
+        path = plot_learning_curve(records, path or self.run_dir / CURVE_FILE, **kwargs)
+        if path is not None:
+            self._log_image(path, step=max((r.get("step", 0) for r in records), default=0))
+        return path
+
+    def _log_image(self, path: Path, step: int) -> None:
+        if "tensorboard" in self.loggers:
+            from matplotlib.image import imread
+
+            writer = self.loggers["tensorboard"].experiment
+            writer.add_image(path.stem, imread(path)[..., :3], global_step=step, dataformats="HWC")
+            writer.flush()
+        if "wandb" in self.loggers:
+            import wandb
+
+            self.loggers["wandb"].experiment.log({path.stem: wandb.Image(str(path))}, step=step)
 
     def close(self) -> None:
         if not self._jsonl.closed:
@@ -308,6 +328,20 @@ def _require(backend: str) -> None:
     if importlib.util.find_spec(package) is None:
         raise ModuleNotFoundError(f"logger.backends: {backend} needs the {package} package: pip install "
                                   f"'cql-modules[{extra}]' (or drop {backend} from logger.backends)", name=package)
+
+
+#: evaluation metrics declared to TensorBoard's HParams dashboard (it shows their logged scalars)
+HPARAM_METRICS = ("d4rl_normalized_score", "eval_score", "eval/success_rate")
+
+
+def _tensorboard_hparams(writer: Any, hparams: dict[str, Any]) -> None:
+    """The hyper-parameters into the run's own event file, with :data:`HPARAM_METRICS`
+    declared, so TensorBoard's HParams tab lists each run's hyper-parameters next to its
+    scores (``SummaryWriter.add_hparams`` would write a separate run without them)."""
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    for summary in hparams_summaries(hparams, dict.fromkeys(HPARAM_METRICS, 0.0)):
+        writer.file_writer.add_summary(summary)
 
 
 def _csv_step(line: str) -> int | None:
