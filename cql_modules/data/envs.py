@@ -22,7 +22,7 @@ from torchrl.envs import DoubleToFloat, GymWrapper, TransformedEnv
 from .d4rl import D4RL_DATASETS
 from .errors import DatasetError
 from .info import DatasetInfo
-from .minari_source import env_family
+from .minari_source import env_family, flat_observation_space, flatten_observation, observation_keys
 from .transforms import StateNormalizer
 
 #: gym.make kwargs per env family for evaluation and online play (D4RL's AntMaze convention).
@@ -30,23 +30,20 @@ EPISODE_KWARGS = {"antmaze": {"continuing_task": False}}
 
 
 class FlattenDictObservation(gym.ObservationWrapper):
-    """Concatenate a ``Dict`` observation's 1-D entries in a given key order (the order in
-    which the dataset's stored observations were flattened)."""
+    """Encode a ``Dict`` observation as the loader encoded the dataset's
+    (:func:`~cql_modules.data.minari_source.flatten_observation`, entries in ``keys`` order)."""
 
     def __init__(self, env: gym.Env, keys: tuple[str, ...]):
         super().__init__(env)
-        spaces = env.observation_space.spaces
-        if set(keys) != set(spaces):
-            raise DatasetError(f"environment observation keys {sorted(spaces)} != the dataset's {sorted(keys)}")
+        self.space = env.observation_space
+        if set(keys) != set(observation_keys(self.space)):
+            raise DatasetError(f"environment observation keys {sorted(observation_keys(self.space))} != "
+                               f"the dataset's {sorted(keys)}")
         self.keys = tuple(keys)
-        self.observation_space = gym.spaces.Box(
-            np.concatenate([spaces[k].low for k in self.keys]),
-            np.concatenate([spaces[k].high for k in self.keys]),
-            dtype=np.result_type(*(spaces[k].dtype for k in self.keys)),
-        )
+        self.observation_space = flat_observation_space(self.space, self.keys)
 
     def observation(self, observation):
-        return np.concatenate([observation[k] for k in self.keys], axis=-1)
+        return flatten_observation(observation, self.space, self.keys)
 
 
 def minari_port(d4rl_name: str) -> str | None:

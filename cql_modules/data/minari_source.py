@@ -5,7 +5,9 @@ Local datasets live under minari's own root: ``$MINARI_DATASETS_PATH`` if set, e
 ``D4RL/pointmaze/*``: ``achieved_goal``, ``desired_goal``, ``observation``) are concatenated
 in the stored space's key order (:attr:`MinariData.observation_keys`); the evaluation and
 online environments flatten theirs in that same order (:func:`cql_modules.data.make_env`),
-so the goal is part of the observation on both sides.
+so the goal is part of the observation on both sides. Other entries are encoded the same
+way on both sides too (:func:`flatten_observation`): an image ``Box`` by its pixels, a
+``Discrete`` one one-hot, and ``Text`` (MiniGrid's constant mission string) dropped.
 
 Goal-reaching datasets (gymnasium-robotics mazes: ``AntMaze_*``, ``PointMaze_*`` with
 ``reward_type="sparse"``) use the sparse-reward ``mc_return`` rule. AntMaze follows D4RL's
@@ -71,18 +73,56 @@ def open_minari(dataset_id: str, download: bool = False):
         raise DatasetError(f"Minari dataset '{dataset_id}' under {minari_root()} is unreadable: {err}") from err
 
 
-def _flat_space(space: gym.Space) -> tuple[gym.spaces.Box, bool]:
+def observation_keys(space: gym.spaces.Dict) -> tuple[str, ...]:
+    """The entries of a ``Dict`` observation that are encoded, in order: every ``Box`` and
+    ``Discrete`` one; ``Text`` entries (a task's mission string, e.g. MiniGrid's
+    "reach the goal") are left out."""
+    keys = tuple(k for k, s in space.spaces.items() if not isinstance(s, gym.spaces.Text))
+    for key in keys:
+        if not isinstance(space[key], (gym.spaces.Box, gym.spaces.Discrete)):
+            raise DatasetError(f"unsupported observation entry '{key}': {space[key]} (need Box, Discrete or Text)")
+    return keys
+
+
+def flat_observation_space(space: gym.spaces.Dict, keys: tuple[str, ...]) -> gym.spaces.Box:
+    """The 1-D ``Box`` of :func:`flatten_observation`'s output."""
+    lows, highs = [], []
+    for key in keys:
+        s = space[key]
+        if isinstance(s, gym.spaces.Discrete):
+            lows.append(np.zeros(s.n, np.float32))
+            highs.append(np.ones(s.n, np.float32))
+        else:
+            lows.append(s.low.reshape(-1))
+            highs.append(s.high.reshape(-1))
+    low, high = np.concatenate(lows), np.concatenate(highs)
+    dtype = low.dtype if np.issubdtype(low.dtype, np.floating) else np.float32
+    return gym.spaces.Box(low.astype(dtype), high.astype(dtype), dtype=dtype)
+
+
+def flatten_observation(x, space: gym.spaces.Dict, keys: tuple[str, ...]) -> np.ndarray:
+    """Encode a ``Dict`` observation (one, or a batch along leading dims) as one vector:
+    the entries of ``keys`` concatenated, a ``Box`` entry flattened (an image: its pixels),
+    a ``Discrete`` one one-hot. The loader and the evaluation env both use this."""
+    parts = []
+    for key in keys:
+        s, value = space[key], np.asarray(x[key])
+        if isinstance(s, gym.spaces.Discrete):
+            parts.append(np.eye(s.n, dtype=np.float32)[value.astype(np.int64) - s.start])
+        else:
+            value = value.reshape(*value.shape[: value.ndim - len(s.shape)], -1)
+            parts.append(value if np.issubdtype(value.dtype, np.floating) else value.astype(np.float32))
+    return np.concatenate(parts, axis=-1)
+
+
+def _flat_space(space: gym.Space) -> tuple[gym.spaces.Box, tuple[str, ...]]:
+    """The stored observation space as a 1-D Box, and the encoded keys of a Dict (else ())."""
     if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
-        return space, False
-    if isinstance(space, gym.spaces.Dict) and all(
-        isinstance(s, gym.spaces.Box) and len(s.shape) == 1 for s in space.spaces.values()
-    ):
-        return gym.spaces.flatten_space(space), True
-    raise DatasetError(f"unsupported observation space {space}: need a 1-D Box (or a Dict of 1-D Boxes)")
-
-
-def _flat(x, flatten: bool, space: gym.Space) -> np.ndarray:
-    return np.concatenate([x[k] for k in space.spaces], axis=-1) if flatten else x
+        return space, ()
+    if isinstance(space, gym.spaces.Dict):
+        keys = observation_keys(space)
+        return flat_observation_space(space, keys), keys
+    raise DatasetError(f"unsupported observation space {space}: need a 1-D Box or a Dict of Box / Discrete / Text")
 
 
 def env_family(env_spec: Any) -> str | None:
@@ -104,14 +144,15 @@ def is_sparse_goal_task(env_spec: Any) -> bool:
 
 def read_minari(dataset) -> MinariData:
     """Read every episode of a ``MinariDataset`` (one h5py read per episode, then concatenate)."""
-    obs_space, flatten = _flat_space(dataset.observation_space)
+    obs_space, obs_keys = _flat_space(dataset.observation_space)
     act_space = dataset.action_space
     if not (isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1 or isinstance(act_space, gym.spaces.Discrete)):
         raise DatasetError(f"unsupported action space {act_space}: need a 1-D Box or a Discrete space")
     obs, next_obs, actions, rewards, terminals, timeouts, ends = [], [], [], [], [], [], []
     try:
         for ep in dataset.storage.get_episodes(dataset.episode_indices):
-            o = _flat(ep["observations"], flatten, dataset.observation_space)
+            o = ep["observations"]
+            o = flatten_observation(o, dataset.observation_space, obs_keys) if obs_keys else o
             n = len(ep["rewards"])
             obs.append(o[:n])
             next_obs.append(o[1 : n + 1])
@@ -140,10 +181,10 @@ def read_minari(dataset) -> MinariData:
         transitions=transitions,
         observation_space=obs_space,
         action_space=act_space,
-        flatten_observation=flatten,
+        flatten_observation=bool(obs_keys),
         env_spec=env_spec,
         ref_min_score=refs[0],
         ref_max_score=refs[1],
-        observation_keys=tuple(dataset.observation_space.spaces) if flatten else (),
+        observation_keys=obs_keys,
         sparse_reward=is_sparse_goal_task(env_spec),
     )
