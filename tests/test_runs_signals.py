@@ -90,7 +90,7 @@ def test_case3_sigterm_and_sigusr1_save_the_state_and_say_requeue(minari_root, t
         assert finish(proc) == EXIT_CODES["preempted"]
         summary = json.loads((run_dir / "summary.json").read_text())
         step = load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"]
-        assert summary["status"] == "preempted" and step == last_step(run_dir) >= saved + 40
+        assert summary["status"] == "preempted" and summary["updates"] == step == last_step(run_dir) >= saved + 40
         stderr = (tmp_path / "run.stderr").read_text()
         assert sig.name in stderr and "resume=true" in stderr and "Traceback" not in stderr
         saved = step

@@ -37,14 +37,19 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import is_dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from cql_modules._io import atomic_write
-from cql_modules.train.state import CheckpointError, find_checkpoint, load_resume_checkpoint
+from cql_modules.train.state import (
+    CheckpointError,
+    find_checkpoint,
+    load_resume_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +116,7 @@ def unknown_keys(cfg: Any) -> list[str]:
     def walk(node: Any, prefix: str) -> None:
         schema = OmegaConf.get_type(node)
         known = OmegaConf.structured(schema).keys() if is_dataclass(schema) else None
-        for key in node.keys():
+        for key in node:
             name = f"{prefix}{key}"
             if known is not None and key not in known:
                 close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
@@ -207,7 +212,7 @@ class preemption_signals:
             raise Preempted(signum)
         log.warning("%s received while stopping: ignored", signal.Signals(signum).name)
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for s, handler in self._old.items():
             signal.signal(s, handler)
 

@@ -254,7 +254,8 @@ class RunEngine:
         """Write ``summary.json`` and the learning curve, print the final line (the message
         to stderr); re-raise a Ctrl-C or preemption once everything is saved."""
         self.history["wall_time"] = self.wall_before + time.perf_counter() - self.start_time
-        summary = make_summary(self.c, self.info, self.history, updates=self.update.n_steps, status=self.status,
+        saved = self.update.n_steps if self.status == "completed" else self.last_good.step  # what a resume continues
+        summary = make_summary(self.c, self.info, self.history, updates=saved, status=self.status,
                                message=self.message, checkpoint=self.checkpoint_path, run_dir=self.run_dir)
         summary.update(self.hooks.summary(summary))
         self.run_logger.write_summary(summary)
