@@ -14,6 +14,7 @@ from torchrl.objectives import DiscreteCQLLoss as TorchRLDiscreteCQLLoss
 from torchrl.objectives import HardUpdate, SoftUpdate
 
 from cql_modules.objectives.discrete import DiscreteCQLLoss
+from test_contract import LossContract
 
 OBS, NA, B = 3, 4, 12
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -337,3 +338,25 @@ def test_cql_keeps_unseen_actions_below_dataset_actions():
     assert unseen < seen - 0.5, (seen, unseen)
     seen0, unseen0 = _train_bandit(cql_alpha=0.0)
     assert unseen0 > seen0, (seen0, unseen0)
+
+
+# ---------------------------------------------------------------- TorchRL LossModule contract
+class TestDiscreteCQLContract(LossContract):
+    CONFIGS = {
+        "default": {},
+        "double_ensemble": dict(double_dqn=True, num_qvalue_nets=2),
+        "lagrange_temperature_smooth_l1": dict(lagrange=True, target_action_gap=0.3, temperature=0.5,
+                                               loss_function="smooth_l1"),
+    }
+    REQUIRED_KEYS = ["action", ("next", "reward"), ("next", "terminated"), "observation", ("next", "observation")]
+    NETWORK_FIELDS = ("action", "action_value")
+
+    def make_loss(self, config, **overrides):
+        loss = make_loss(**{**config, **overrides})
+        if loss.lagrange:
+            with torch.no_grad():
+                loss.log_alpha_prime.fill_(0.7)
+        return loss
+
+    def make_batch(self, B):
+        return make_batch(batch=(B,))

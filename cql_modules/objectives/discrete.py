@@ -27,7 +27,7 @@ from torchrl.objectives.common import LossModule
 from torchrl.modules.tensordict_module.common import ensure_tensordict_compatible
 from torchrl.objectives.utils import _reduce, _vmap_func
 
-from cql_modules.objectives.cql import _reinit
+from cql_modules.objectives.cql import CQLLoss, _read, _reinit
 from cql_modules.objectives.terms import alpha_prime_loss, conservative_gap, conservative_penalty, td_distance
 
 __all__ = ["DiscreteCQLLoss"]
@@ -122,7 +122,6 @@ class DiscreteCQLLoss(LossModule):
         Attributes:
             action: dataset action (categorical or one-hot).
             action_value: where the value network writes ``Q(s, .)``.
-            value: where a ``QValueActor`` writes its chosen action's value (not read).
             reward, done, terminated: read under ``"next"``; only ``terminated`` stops
                 bootstrapping (time-limit truncation does not).
             priority: where the per-sample absolute TD error is written.
@@ -131,7 +130,6 @@ class DiscreteCQLLoss(LossModule):
 
         action: NestedKey = "action"
         action_value: NestedKey = "action_value"
-        value: NestedKey = "chosen_action_value"
         reward: NestedKey = "reward"
         done: NestedKey = "done"
         terminated: NestedKey = "terminated"
@@ -213,6 +211,9 @@ class DiscreteCQLLoss(LossModule):
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         pass  # the TD target is computed in the loss (docstring), no value estimator
 
+    # the same rule as the continuous loss: only TD(0) and its gamma can be set
+    make_value_estimator = CQLLoss.make_value_estimator
+
     @property
     def in_keys(self):
         obs = self.value_network.in_keys
@@ -277,6 +278,8 @@ class DiscreteCQLLoss(LossModule):
     # ------------------------------------------------------------------ forward
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         td = self._flat(tensordict)
+        for key in self.in_keys:
+            _read(td, key)  # a missing entry is a KeyError naming it
         keys = self.tensor_keys
         obs_keys = self.value_network.in_keys
         obs_now, obs_next = td.select(*obs_keys), td.get("next").select(*obs_keys)
