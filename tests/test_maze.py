@@ -12,6 +12,7 @@ from cql_modules.data.maze import (
     EVAL_RESET_CELL,
     MazeGrid,
     build_maze_dataset,
+    PlannerDriver,
     make_maze_envs,
     planner_policy,
     run_episodes,
@@ -58,7 +59,7 @@ def test_cell_coordinates_match_the_env(grid):
 
 
 def test_planner_solves_the_evaluation_task(grid):
-    eps = run_episodes(make_maze_envs(2, evaluation=True), 2, planner_policy(grid), seed=0)
+    eps = run_episodes(make_maze_envs(2), 2, planner_policy(grid), seed=0)
     for ep in eps:
         assert ep["success"] and len(ep["rewards"]) == EPISODE_STEPS
         # the goal stays: once there, the planner holds it (most of the remaining steps)
@@ -67,6 +68,22 @@ def test_planner_solves_the_evaluation_task(grid):
         start = ep["observations"]["achieved_goal"][0]
         assert grid.cells[grid.cell_of(start)] == EVAL_RESET_CELL
         assert grid.cells[grid.cell_of(ep["observations"]["desired_goal"][0])] == EVAL_GOAL_CELL
+
+
+def test_driver_changes_waypoint_when_reached(grid):
+    """A waypoint within 0.45 is replaced by the next random cell; the others are kept."""
+    driver = PlannerDriver(grid, noise_std=0.0, seed=0)
+    driver.reset(2)
+    rng = np.random.default_rng(0)
+    first = grid.centers[rng.integers(len(grid.cells), size=2)]
+    np.testing.assert_array_equal(driver.targets, first)
+    # ball 0 is 0.3 from its waypoint (reached); ball 1 is 0.5 from its, inside the same cell
+    obs = {"observation": np.array([[*first[0] + [0.3, 0.0], 0.0, 0.0], [*first[1] + [0.4, 0.3], -3.95, -2.95]])}
+    action = driver(obs)
+    expected = np.array([grid.centers[rng.integers(len(grid.cells), size=1)][0], first[1]])
+    np.testing.assert_array_equal(driver.targets, expected)
+    # no noise, same cell as the waypoint: PD action 10 * (waypoint - position) - 1 * velocity
+    np.testing.assert_allclose(action[1], [10 * -0.4 + 3.95, 10 * -0.3 + 2.95], atol=1e-9)
 
 
 def test_tiny_build_loads_with_its_evaluation_task(tiny):
@@ -80,14 +97,21 @@ def test_tiny_build_loads_with_its_evaluation_task(tiny):
     # sparse reward: 1 within 0.45 of the goal, read from the next observation
     raw = (np.linalg.norm(nxt[:, 0:2] - nxt[:, 2:4], axis=-1) <= 0.45).astype(np.float32)
     np.testing.assert_array_equal(data[keys.REWARD].squeeze(-1).numpy(), raw)
-    assert raw.sum() == pytest.approx(tiny["goals_per_episode"] * 4)
+    assert raw.sum() == pytest.approx(tiny["goal_steps_per_episode"] * 4)
     assert info.sparse_reward
+    # D4RL maze2d: one goal (cell (6, 5)) per episode, episodes start in random cells
+    grid = MazeGrid.of_env()
+    starts = obs[::EPISODE_STEPS]
+    assert {grid.cells[grid.cell_of(g)] for g in obs[:, 2:4]} == {EVAL_GOAL_CELL}
+    assert len({grid.cells[grid.cell_of(p)] for p in starts[:, 0:2]}) > 1
+    for k in range(4):
+        episode_goals = obs[k * EPISODE_STEPS : (k + 1) * EPISODE_STEPS, 2:4]
+        np.testing.assert_array_equal(episode_goals, np.broadcast_to(episode_goals[0], episode_goals.shape))
     # references measured at build time on the evaluation task
     assert (info.ref_min_score, info.ref_max_score) == (tiny["random_return"], tiny["planner_return"])
     assert tiny["planner_success"] == 1.0 and tiny["planner_return"] > tiny["random_return"]
     # the evaluation env is the dataset's: fixed start and goal cells, the goal kept once reached
     env = make_env(info, normalizer=None, seed=0)
-    grid = MazeGrid.of_env()
     first = env.reset()[keys.OBSERVATION].numpy()
     assert grid.cells[grid.cell_of(first[0:2])] == EVAL_RESET_CELL
     assert grid.cells[grid.cell_of(first[2:4])] == EVAL_GOAL_CELL

@@ -3,24 +3,24 @@
 ``cql-modules/pointmaze/medium-v0`` (:data:`MAZE_DATASET_ID`) is built on first use
 (``load_dataset(MAZE_DATASET_ID)``), with no network, like the Pendulum dataset:
 
-* environment: gymnasium-robotics ``PointMaze_Medium-v3`` (8x8 grid, a force-controlled
-  ball), sparse reward 1 within 0.45 of the goal; observations are the env's ``Dict``
-  (``achieved_goal``, ``desired_goal``, ``observation`` = position and velocity), flattened
-  to 8 numbers, goal included;
-* behaviour (:func:`planner_action`): shortest path on the maze grid (breadth-first search,
-  :class:`MazeGrid`) from the ball's cell to the goal's cell, then a PD controller from
-  waypoint to waypoint (cell centres, then the goal itself), plus Gaussian action noise.
-  Each 600-step episode starts in a random cell with a random goal, and the env draws a new
-  random goal each time one is reached (``continuing_task``, ``reset_target``), so the data
+* environment and task: gymnasium-robotics ``PointMaze_Medium-v3`` (8x8 grid, a
+  force-controlled ball) with the goal in cell (6, 5) (``"g"`` in the maze map; position
+  noise +-0.25), sparse reward 1 within 0.45 of it, 600-step episodes, and the goal stays
+  put once reached (``continuing_task``, no ``reset_target``): the return counts the steps
+  spent at the goal, D4RL maze2d's score (faster is better); ``info["success"]`` says
+  whether it was reached. Observations are the env's ``Dict`` (``achieved_goal``,
+  ``desired_goal``, ``observation`` = position and velocity), flattened to 8 numbers;
+* behaviour (:class:`PlannerDriver`, as D4RL's maze2d collection): each episode starts in a
+  random cell; a scripted planner drives to random waypoint cells of its own, one after the
+  other: shortest path on the maze grid (breadth-first search, :class:`MazeGrid`), then a
+  PD controller from cell centre to cell centre, plus Gaussian action noise. It is rewarded
+  only when its path happens to cross the goal, and it never stays there, so the data
   covers the maze but almost never shows the evaluation task from start to end;
-* evaluation task (the dataset's evaluation env spec): start in cell (1, 1), goal in cell
-  (6, 5), the two cells furthest apart (11 cells), 600 steps; the goal stays put once
-  reached, so the return counts the steps spent at the goal (D4RL maze2d's score: faster
-  is better) and ``info["success"]`` says whether it was reached at all;
-* reference scores, measured at build time on the evaluation task and stored in the
-  metadata: ``ref_min_score`` = the uniform random policy, ``ref_max_score`` = the planner
-  without noise (each over ``reference_episodes`` episodes); the description records both
-  success rates too.
+* evaluation (the same env spec): start in cell (1, 1), the cell furthest from the goal (11
+  moves); reference scores measured at build time on it and stored in the metadata:
+  ``ref_min_score`` = the uniform random policy, ``ref_max_score`` = the planner driving to
+  the goal without noise (each over ``reference_episodes`` episodes); the description
+  records both success rates too.
 """
 
 from __future__ import annotations
@@ -124,24 +124,19 @@ def planner_action(grid: MazeGrid, position: np.ndarray, velocity: np.ndarray, g
     return np.clip(KP * (waypoint - position) - KD * velocity, -1.0, 1.0)
 
 
-def eval_maze_map(grid_env_id: str = MAZE_ENV_ID) -> list[list]:
-    """The maze map of the evaluation task: reset cell ``"r"``, goal cell ``"g"``."""
-    maze_map = [list(row) for row in gym.spec(grid_env_id).kwargs["maze_map"]]
-    maze_map[EVAL_RESET_CELL[0]][EVAL_RESET_CELL[1]] = "r"
-    maze_map[EVAL_GOAL_CELL[0]][EVAL_GOAL_CELL[1]] = "g"
-    return maze_map
+def maze_map(env_id: str = MAZE_ENV_ID) -> list[list]:
+    """The task's maze map: the evaluation start cell ``"r"``, the goal cell ``"g"``."""
+    layout = [list(row) for row in gym.spec(env_id).kwargs["maze_map"]]
+    layout[EVAL_RESET_CELL[0]][EVAL_RESET_CELL[1]] = "r"
+    layout[EVAL_GOAL_CELL[0]][EVAL_GOAL_CELL[1]] = "g"
+    return layout
 
 
-def make_maze_envs(n: int, *, evaluation: bool) -> list[gym.Env]:
-    """``n`` copies of the data env (random starts and goals, a new goal when reached) or of
-    the evaluation env (fixed start and goal, the goal stays)."""
+def make_maze_envs(n: int) -> list[gym.Env]:
+    """``n`` copies of the task's env (the dataset's env spec and evaluation env spec)."""
     _register()
-    kwargs = (
-        {"maze_map": eval_maze_map(), "continuing_task": True, "reset_target": False}
-        if evaluation
-        else {"continuing_task": True, "reset_target": True}
-    )
-    return [gym.make(MAZE_ENV_ID, max_episode_steps=EPISODE_STEPS, **kwargs) for _ in range(n)]
+    return [gym.make(MAZE_ENV_ID, maze_map=maze_map(), continuing_task=True, reset_target=False,
+                     max_episode_steps=EPISODE_STEPS) for _ in range(n)]
 
 
 def run_episodes(
@@ -150,19 +145,25 @@ def run_episodes(
     act,
     *,
     seed: int,
+    reset_options=None,
     progress: bool = False,
     desc: str = "",
 ) -> list[dict]:
     """Play ``n_episodes`` full episodes (``len(envs)`` at a time, all the same length) with
-    ``act(obs_dict_batch) -> actions``; return them as Minari episode dicts plus the
+    ``act(obs_dict_batch) -> actions`` (``act.reset(n)`` first, if it has one);
+    ``reset_options(rng)`` gives each reset's options. Returns Minari episode dicts plus the
     per-episode ``success`` (any step)."""
     from tqdm.auto import tqdm  # the [recipes] extra: the core install imports this module without it
 
     episodes = []
+    rng = np.random.default_rng(seed)
     with tqdm(total=n_episodes, desc=desc, disable=not progress) as bar:
         for start in range(0, n_episodes, len(envs)):
             batch = envs[: min(len(envs), n_episodes - start)]
-            first = [env.reset(seed=seed + start + k)[0] for k, env in enumerate(batch)]
+            first = [env.reset(seed=seed + start + k, options=reset_options(rng) if reset_options else None)[0]
+                     for k, env in enumerate(batch)]
+            if hasattr(act, "reset"):
+                act.reset(len(batch))
             obs = [{k: [v] for k, v in f.items()} for f in first]
             logs = [{"actions": [], "rewards": [], "terminations": [], "truncations": [], "success": False}
                     for _ in batch]  # fmt: skip
@@ -198,18 +199,39 @@ def run_episodes(
     return episodes
 
 
-def planner_policy(grid: MazeGrid, noise_std: float = 0.0, seed: int = 0):
-    """``obs dict batch -> actions``: :func:`planner_action` + N(0, noise_std^2), clipped."""
-    rng = np.random.default_rng(seed)
+def planner_policy(grid: MazeGrid):
+    """``obs dict batch -> actions``: :func:`planner_action` to the env's goal, no noise."""
 
     def act(obs: dict) -> np.ndarray:
         o = obs["observation"]
-        action = planner_action(grid, o[:, :2], o[:, 2:4], obs["desired_goal"])
-        if noise_std > 0:
-            action = action + noise_std * rng.standard_normal(action.shape)
-        return np.clip(action, -1.0, 1.0)
+        return planner_action(grid, o[:, :2], o[:, 2:4], obs["desired_goal"])
 
     return act
+
+
+class PlannerDriver:
+    """The behaviour: :func:`planner_action` to random waypoint cells of its own (a new one
+    when the ball is within 0.45 of the current one), plus N(0, noise_std^2) action noise."""
+
+    def __init__(self, grid: MazeGrid, noise_std: float, seed: int = 0):
+        self.grid, self.noise_std = grid, noise_std
+        self.rng = np.random.default_rng(seed)
+        self.targets = np.zeros((0, 2))
+
+    def _draw(self, n: int) -> np.ndarray:
+        return self.grid.centers[self.rng.integers(len(self.grid.cells), size=n)]
+
+    def reset(self, n: int) -> None:
+        self.targets = self._draw(n)
+
+    def __call__(self, obs: dict) -> np.ndarray:
+        o = obs["observation"]
+        position, velocity = o[:, :2], o[:, 2:4]
+        reached = np.linalg.norm(position - self.targets, axis=-1) <= 0.45
+        self.targets[reached] = self._draw(int(reached.sum()))
+        action = planner_action(self.grid, position, velocity, self.targets)
+        action = action + self.noise_std * self.rng.standard_normal(action.shape)
+        return np.clip(action, -1.0, 1.0)
 
 
 def random_policy(seed: int = 0):
@@ -232,35 +254,40 @@ def build_maze_dataset(
     (see the module docstring); returns the measured numbers."""
     start = time.perf_counter()
     grid = MazeGrid.of_env()
-    data_envs = make_maze_envs(num_envs, evaluation=False)
-    eval_envs = make_maze_envs(num_envs, evaluation=True)
-    data = run_episodes(data_envs, episodes, planner_policy(grid, noise_std, seed), seed=seed, progress=progress,
-                        desc="collect PointMaze planner")
+    envs = make_maze_envs(num_envs)
+
+    def random_start(rng):
+        return {"reset_cell": np.array(grid.cells[rng.integers(len(grid.cells))])}
+
+    data = run_episodes(envs, episodes, PlannerDriver(grid, noise_std, seed), seed=seed, reset_options=random_start,
+                        progress=progress, desc="collect PointMaze planner")
     ref_seed = seed + 1_000_000
-    rand = run_episodes(eval_envs, reference_episodes, random_policy(seed), seed=ref_seed, progress=progress,
+    rand = run_episodes(envs, reference_episodes, random_policy(seed), seed=ref_seed, progress=progress,
                         desc="reference: random")
-    plan = run_episodes(eval_envs, reference_episodes, planner_policy(grid), seed=ref_seed, progress=progress,
+    plan = run_episodes(envs, reference_episodes, planner_policy(grid), seed=ref_seed, progress=progress,
                         desc="reference: planner")
 
     def stats(eps):
         return float(np.mean([e["rewards"].sum() for e in eps])), float(np.mean([e["success"] for e in eps]))
 
     (random_return, random_success), (planner_return, planner_success) = stats(rand), stats(plan)
-    goals_per_episode = float(np.mean([e["rewards"].sum() for e in data]))
+    goal_steps = float(np.mean([e["rewards"].sum() for e in data]))
+    episodes_at_goal = float(np.mean([e["success"] for e in data]))
     write_minari_dataset(
         dataset_id,
         [{k: v for k, v in e.items() if k != "success"} for e in data],
-        env=data_envs[0].spec,
-        eval_env=eval_envs[0].spec,
+        env=envs[0].spec,
+        eval_env=envs[0].spec,
         ref_min_score=random_return,
         ref_max_score=planner_return,
         num_episodes_average_score=reference_episodes,
-        algorithm_name=f"cql-modules BFS + PD maze planner, random goals, action noise {noise_std}",
+        algorithm_name=f"cql-modules BFS + PD maze planner, random waypoints, action noise {noise_std}",
         code_permalink="cql_modules/data/maze.py",
         description=(
-            f"{MAZE_ENV_ID}, {episodes} episodes of {EPISODE_STEPS} steps: a shortest-path + PD planner driving to "
-            f"random goals with Gaussian action noise (std {noise_std}); {goals_per_episode:.2f} goals reached per "
-            f"episode. Evaluation task: cell {EVAL_RESET_CELL} -> cell {EVAL_GOAL_CELL}, return = steps at the goal. "
+            f"{MAZE_ENV_ID}, goal cell {EVAL_GOAL_CELL}, {episodes} episodes of {EPISODE_STEPS} steps from random "
+            f"cells: a shortest-path + PD planner driving to random waypoints with Gaussian action noise (std "
+            f"{noise_std}); {episodes_at_goal:.2f} of the episodes pass the goal, {goal_steps:.2f} rewarded steps per "
+            f"episode. Evaluation: from cell {EVAL_RESET_CELL}, return = steps at the goal. "
             f"References over {reference_episodes} episodes: random policy return {random_return:.1f} (success "
             f"{random_success:.2f}), noise-free planner return {planner_return:.1f} (success {planner_success:.2f}). "
             f"Built by cql_modules.data.maze.build_maze_dataset(seed={seed})."
@@ -270,7 +297,8 @@ def build_maze_dataset(
     return {
         "episodes": episodes,
         "transitions": episodes * EPISODE_STEPS,
-        "goals_per_episode": goals_per_episode,
+        "goal_steps_per_episode": goal_steps,
+        "episodes_at_goal": episodes_at_goal,
         "random_return": random_return,
         "random_success": random_success,
         "planner_return": planner_return,
