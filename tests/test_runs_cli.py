@@ -171,3 +171,11 @@ def test_case13_the_traceback_comes_back_with_hydra_full_error(cli, tmp_path, mo
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     code, err = cli(*SHORT, "batch_size=-1", f"hydra.run.dir={tmp_path / 'run'}")
     assert code == EXIT_CODES["config"] and "Traceback (most recent call last):" in err and len(err) > 3
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_a_diverged_run_exits_with_its_own_code(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    code, err = cli(*SHORT, "dataset.reward_scale=1e38", f"hydra.run.dir={run_dir}")  # rewards overflow to inf
+    assert code == EXIT_CODES["diverged"] and summary(run_dir)["status"] == "diverged", err
+    assert any(line.startswith("stopped: non-finite") for line in err)

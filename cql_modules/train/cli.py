@@ -35,6 +35,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -203,7 +204,9 @@ class preemption_signals:
 
     def __enter__(self) -> preemption_signals:
         self.received: str | None = None
-        self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        # only the main thread may set handlers (a launcher may run a job in another thread)
+        main = threading.current_thread() is threading.main_thread()
+        self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS} if main else {}
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
