@@ -2,6 +2,7 @@
 dataset built locally and ``recipes/offline_cql.py`` run through its real command line."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -38,6 +39,14 @@ def minari_root(tmp_path_factory):
                              [BehaviourSpec("random", 4), BehaviourSpec("scripted", 4, noise_std=0.3)],
                              reference_episodes=2, num_envs=4, progress=False)
         yield root
+
+
+def load_recipe(name: str = "offline_cql"):
+    """``recipes/<name>.py`` imported as a module (the recipes are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_recipe", ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_recipe(*args: str, cwd: Path, recipe: str = "offline_cql.py", timeout: int = 300) -> subprocess.CompletedProcess:

@@ -4,14 +4,13 @@
 Each test reproduces one case of the issue; the number is in the test's name."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from run_fixtures import ROOT, minari_root, tiny_overrides  # noqa: F401  (minari_root: a fixture)
+from run_fixtures import load_recipe, minari_root, tiny_overrides  # noqa: F401  (minari_root: a fixture)
 
 from cql_modules.train.cli import EXIT_CODES
 from cql_modules.train.run_logger import read_metrics
@@ -23,10 +22,7 @@ KEPT_FILES = ("summary.json", "learning_curve.png", "metrics.jsonl", "run_config
 
 @pytest.fixture(scope="module")
 def recipe():
-    spec = importlib.util.spec_from_file_location("offline_cql_cli", ROOT / "recipes" / "offline_cql.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("offline_cql")
 
 
 @pytest.fixture
