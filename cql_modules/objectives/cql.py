@@ -438,15 +438,16 @@ class CQLLoss(LossModule):
     def _critic_obs_keys(self) -> list[NestedKey]:
         return [k for k in self.qvalue_network.in_keys if k != self.tensor_keys.action]
 
-    def _critic_inputs(self, td: TensorDictBase, actions: torch.Tensor) -> list[torch.Tensor]:
+    def _critic_inputs(self, td: TensorDictBase, actions: torch.Tensor, next_state: bool = False) -> list[torch.Tensor]:
         """The critic's inputs in its ``in_keys`` order for ``actions`` ``[B, M, A]``: the
-        observations of ``td`` (batch ``[B]``) broadcast to ``[B, M, *]``."""
+        observations of ``td`` (batch ``[B]``, under ``"next"`` if ``next_state``)
+        broadcast to ``[B, M, *]``."""
         inputs = []
         for key in self.qvalue_network.in_keys:
             if key == self.tensor_keys.action:
                 inputs.append(actions)
             else:
-                x = _read(td, key)
+                x = _read(td, unravel_key(("next", key)) if next_state else key)
                 inputs.append(x[:, None].expand(*actions.shape[:2], x.shape[-1]))
         return inputs
 
@@ -463,7 +464,13 @@ class CQLLoss(LossModule):
         dtype = self.critic_compute_dtype
         with torch.autocast(inputs[0].device.type, dtype=dtype, enabled=dtype is not None):
             out = self._vmap_critic(critic_in, params)
-        return out.get(self.tensor_keys.state_action_value).squeeze(-1).to(self.action_low.dtype)
+        q = out.get(self.tensor_keys.state_action_value, None)
+        if q is None:
+            raise KeyError(
+                f"CQLLoss: the critic wrote no {self.tensor_keys.state_action_value!r} (it wrote "
+                f"{sorted(map(str, out.keys(True, True)))}); name its output with loss.set_keys(state_action_value=...)"
+            )
+        return q.squeeze(-1).to(self.action_low.dtype)
 
     def _use_fused_critic(self, inputs: list[torch.Tensor]) -> bool:
         if self.fused_critic is False or not self._fast_critic or self.reduction == "none":
@@ -536,10 +543,12 @@ class CQLLoss(LossModule):
 
         # TD target (no gradient)
         with torch.no_grad():
-            next_td = _read(td, "next")
-            q_next = self._q_values(self.target_qvalue_network_params, self._critic_inputs(next_td, smp.a_target))
+            inputs = self._critic_inputs(td, smp.a_target, next_state=True)
+            q_next = self._q_values(self.target_qvalue_network_params, inputs)
+            reward = _read(td, unravel_key(("next", keys.reward))).reshape(B)
+            terminated = _read(td, unravel_key(("next", keys.terminated))).reshape(B)
             y, v_next = terms.td_target(
-                _read(next_td, keys.reward).reshape(B), _read(next_td, keys.terminated).reshape(B), self.gamma,
+                reward, terminated, self.gamma,
                 q_next, smp.log_prob_target, alpha.detach(),
                 max_target_backup=self.max_target_backup, backup_entropy=self.backup_entropy,
             )
