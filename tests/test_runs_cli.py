@@ -146,11 +146,13 @@ def test_case9_unknown_keys_are_refused_also_when_added_with_plus(cli, tmp_path)
     code, err = cli(*SHORT, "+loss.cql_alph=5", f"hydra.run.dir={tmp_path / 'run'}")
     assert code == EXIT_CODES["config"] and len(err) == 1, err
     assert "loss.cql_alph" in err[0] and "loss.cql_alpha?" in err[0]
+    code, err = cli(*SHORT, "loss.cql_alph=5", f"hydra.run.dir={tmp_path / 'run2'}")  # Hydra's own refusal
+    assert code == EXIT_CODES["config"] and "loss.cql_alph" in err[0] and not (tmp_path / "run2").exists()
 
 
 @pytest.mark.parametrize("override, kind", [
     ("batch_size=-1", "config"),
-    ("dataset.name=no-such/dataset-v0", "config"),
+    ("dataset.name=no-such/dataset-v0", "data"),
     ("dataset.name={hdf5}", "data"),
 ])
 def test_case13_errors_inside_a_run_are_one_line_with_their_exit_code(cli, tmp_path, override, kind):

@@ -12,9 +12,10 @@ Exit codes (README, "Runs and failures"):
 
 ====  =====================================================================
 0     completed
-1     unexpected error (full traceback), or Hydra's own command-line error
-2     invalid configuration (value, unknown key, changed field on resume)
-3     data problem (unknown dataset, unreadable / invalid data)
+1     unexpected error (full traceback)
+2     invalid configuration (value, unknown key, changed field on resume; Hydra's own
+      command-line errors too)
+3     data problem (unknown dataset, invalid ``dataset.*`` value, unreadable / invalid data)
 4     checkpoint problem (corrupt and no previous one, other data)
 5     environment problem (device not available, package missing)
 6     run directory already holds a run (use ``resume=true`` or a new dir)
@@ -224,19 +225,15 @@ class preemption_signals:
 def _error_class(err: BaseException) -> str | None:
     """The exit-code class of an expected error, None for an unexpected one."""
     from cql_modules.data import DatasetError
+    from cql_modules.train.config import ConfigError
 
-    config_errors = [ResumeConfigError]
-    for module in ("cql_modules.train.config", "cql_modules.training"):
-        cls = getattr(sys.modules.get(module), "ConfigError", None)
-        if cls is not None:
-            config_errors.append(cls)
     if isinstance(err, RunDirError):
         return "run_dir"
     if isinstance(err, CheckpointError):
         return "checkpoint"
-    if isinstance(err, DatasetError):
-        return "data"
-    if isinstance(err, tuple(config_errors)):
+    if isinstance(err, DatasetError) or (isinstance(err, ConfigError) and str(err).startswith("dataset.")):
+        return "data"  # the data, or the dataset.* fields that name and prepare it
+    if isinstance(err, (ConfigError, ResumeConfigError)):
         return "config"
     if isinstance(err, (EnvironmentProblem, ModuleNotFoundError, torch.OutOfMemoryError)):
         return "environment"
@@ -245,12 +242,18 @@ def _error_class(err: BaseException) -> str | None:
 
 def _one_line(kind: str, err: BaseException) -> str:
     message = " ".join(str(err).split()) or type(err).__name__
-    if isinstance(err, ModuleNotFoundError):
+    if isinstance(err, ModuleNotFoundError) and "pip install" not in message:
         message += " (install the extras: pip install 'cql-modules[all]')"
     return f"{kind.replace('_', ' ')} error: {message}"
 
 
 # ----------------------------------------------------------------------------- the wrapper
+class _Started:
+    """How many tasks :func:`guarded` has started in this process (Hydra's own errors come before)."""
+
+    count = 0
+
+
 def guarded(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """Wrap a recipe's Hydra task (see the module docstring for what it adds)."""
 
@@ -259,6 +262,7 @@ def guarded(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
         from hydra.core.hydra_config import HydraConfig
         from omegaconf import OmegaConf
 
+        _Started.count += 1
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
         single = hydra_cfg.mode.name == "RUN"
@@ -364,4 +368,17 @@ def hydra_entry(train: Callable[[Any, Path], dict], config_name: str) -> Callabl
 
         return train(cfg, Path(HydraConfig.get().runtime.output_dir))["final_normalized_score"]
 
-    return hydra.main(config_path="../configs", config_name=config_name, version_base="1.3")(guarded(task))
+    entry = hydra.main(config_path="../configs", config_name=config_name, version_base="1.3")(guarded(task))
+
+    @functools.wraps(entry)
+    def main() -> Any:
+        started = _Started.count
+        try:
+            return entry()
+        except SystemExit as stop:  # Hydra could not compose the command line: a config error
+            if stop.code == 1 and _Started.count == started:
+                sys.exit(EXIT_CODES["config"])
+            raise
+
+    return main
+
