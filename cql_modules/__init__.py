@@ -8,10 +8,12 @@ from cql_modules.data import (
     normalized_score,
 )
 from cql_modules.objectives.cql import CQLLoss
+from cql_modules.objectives.discrete import DiscreteCQLLoss
 from cql_modules.modules import MLP, bounded_action_spec, make_actor, make_critic
 
 __all__ = [
     "CQLLoss",
+    "DiscreteCQLLoss",
     "MLP",
     "bounded_action_spec",
     "make_actor",
