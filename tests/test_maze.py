@@ -36,9 +36,10 @@ def tiny(tmp_path_factory):
 
 
 def test_grid_shortest_paths(grid):
-    # PointMaze Medium: 8x8, the evaluation cells are 11 moves apart, the longest path in the maze
+    # PointMaze Medium: 8x8, the evaluation cells are 7 moves apart; the longest path is 11
     a, b = grid.index[EVAL_RESET_CELL], grid.index[EVAL_GOAL_CELL]
-    assert grid.distance[a, b] == 11 == grid.distance.max()
+    assert grid.distance[a, b] == 7 and grid.distance.max() == 11
+    assert grid.distance[grid.index[1, 1], grid.index[6, 5]] == 11
     n = len(grid.cells)
     for a in range(n):
         for b in range(n):

@@ -16,8 +16,8 @@
   PD controller from cell centre to cell centre, plus Gaussian action noise. It is rewarded
   only when its path happens to cross the goal, and it never stays there, so the data
   covers the maze but almost never shows the evaluation task from start to end;
-* evaluation (the same env spec): start in cell (1, 1), the cell furthest from the goal (11
-  moves); reference scores measured at build time on it and stored in the metadata:
+* evaluation (the same env spec): start in cell (3, 3), 7 moves from the goal around a wall
+  (about 120 steps for the planner); reference scores measured at build time on it and stored in the metadata:
   ``ref_min_score`` = the uniform random policy, ``ref_max_score`` = the planner driving to
   the goal without noise (each over ``reference_episodes`` episodes); the description
   records both success rates too.
@@ -38,7 +38,7 @@ from .minari_source import is_local_minari, minari_root
 
 MAZE_DATASET_ID = "cql-modules/pointmaze/medium-v0"
 MAZE_ENV_ID = "PointMaze_Medium-v3"
-EVAL_RESET_CELL, EVAL_GOAL_CELL = (1, 1), (6, 5)
+EVAL_RESET_CELL, EVAL_GOAL_CELL = (3, 3), (6, 5)
 EPISODE_STEPS = 600
 KP, KD = 10.0, 1.0  # PD gains: action = clip(KP * (waypoint - position) - KD * velocity, -1, 1)
 

@@ -145,5 +145,11 @@ class OnlinePhase(RunHooks):
                 "vertical_lines": {"offline -> online": self.n_offline if 0 < self.n_offline < total else None}}
 
     def final_line(self, summary: dict[str, Any]) -> str:
-        return (f"offline normalized_score: {fmt(summary['offline_normalized_score'])}  "
+        line = (f"offline normalized_score: {fmt(summary['offline_normalized_score'])}  "
                 f"final normalized_score: {fmt(summary['final_normalized_score'])}")
+        success = summary["evaluations"][-1].get("success_rate") if summary["evaluations"] else None
+        if success is not None:
+            line += f"  final success_rate: {fmt(success)}"
+        if summary["train_regret"] is not None:
+            line += f"  regret: {fmt(summary['train_regret'])}"
+        return line
