@@ -216,3 +216,17 @@ def test_bf16_learning_tabulates_runs(tmp_path, capsys):
     assert [r["average_qf1_final"] for r in runs["fp32"]] == [-3.0, -1.0]
     assert runs["bf16"][0]["best"] == 81.0
     assert "| fp32 | 2 | 95.0 +- 7.1 | 96.0 +- 7.1 | -2.0 +- 1.4 |" in capsys.readouterr().out
+
+
+def test_default_block_rows_from_l2():
+    from cql_modules.objectives.cache_blocking import cpu_cache_bytes, default_block_rows
+
+    # one layer's activation block of the K critics, K x rows x (width + 1) values, fills the L2s
+    assert default_block_rows(256, 2, torch.float32, threads=1, l2_bytes=1 << 20) == 448  # 2*448*257*4 <= 1 MiB
+    assert default_block_rows(256, 2, torch.float32, threads=2, l2_bytes=1 << 20) == 960
+    assert default_block_rows(256, 2, torch.bfloat16, threads=1, l2_bytes=1 << 20) == 960
+    assert default_block_rows(256, 2, torch.float32, threads=1, l2_bytes=2 << 20) == 960
+    assert default_block_rows(4096, 10, torch.float64, threads=1, l2_bytes=1 << 20) == 64  # floor
+    caches = cpu_cache_bytes()
+    assert all(isinstance(v, int) and v > 0 for v in caches.values())
+    assert default_block_rows(256, 2) >= 64
