@@ -55,8 +55,9 @@ import torch
 
 # --------------------------------------------------------------------------------------
 # Modes of our step: name -> keyword arguments per component ("loss": CQLLoss,
-# "optimizer": make_optimizer, "step": UpdateStep). Adding a fast mode is one line; a mode
-# whose kwargs the installed code does not accept is reported as "unsupported".
+# "optimizer": make_optimizer, "step": UpdateStep; "loss_attrs": attributes set on the
+# built loss, a callable value is called with the loss). Adding a fast mode is one line; a
+# mode whose kwargs the installed code does not accept is reported as "unsupported".
 OUR_MODES: dict[str, dict[str, dict]] = {
     "eager": {},
     "compile": {"step": {"compile": True}},
@@ -67,12 +68,25 @@ OUR_MODES: dict[str, dict[str, dict]] = {
     # captures the whole step (loss, backward, Adam, SoftUpdate) with CudaGraphModule
     "compile-reduce-overhead": {"step": {"compile": "reduce-overhead"}},
     "eager-foreach-adam": {"optimizer": {"fused": False}},
+    # the fused critic's block size from the L2 size (cache_blocking.default_block_rows)
+    # instead of CQLLoss's constant
+    "eager-l2-blocks": {"loss_attrs": {"fused_block_rows": lambda loss: _l2_block_rows(loss)}},
+    "bf16-critic-l2-blocks": {"loss": {"critic_compute_dtype": torch.bfloat16},
+                              "loss_attrs": {"fused_block_rows": lambda loss: _l2_block_rows(loss)}},
     "eager-autograd-critic": {"loss": {"fused_critic": False}},
     # UpdateStep's glibc tuning is process-wide: this row is "stock malloc" only when it is
     # the only row of the run (--modes eager-stock-malloc --baselines ...).
     "eager-stock-malloc": {"step": {"tune_allocator": False}},
 }
-MODE_COMPONENTS = ("loss", "optimizer", "step")
+MODE_COMPONENTS = ("loss", "optimizer", "step", "loss_attrs")
+
+
+def _l2_block_rows(loss) -> int:
+    from cql_modules.objectives.cache_blocking import default_block_rows
+
+    width = max(w.shape[1] for w in loss.qvalue_network_params.values(True, True) if w.ndim == 3)  # [K, out, in]
+    return default_block_rows(width, loss.num_qvalue_nets,
+                              loss.critic_compute_dtype or torch.float32)
 PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 BASELINE_NAMES = ("corl-structured", "torchrl-cql", "torchrl-sac")
 # every row gets a ratio against each of these rows' rates (median and paired per round)
@@ -417,12 +431,16 @@ def build_ours(mode: str, args, device, rb):
     bad = [c for c in mode_kwargs if c not in MODE_COMPONENTS]
     if bad:
         raise ValueError(f"mode {mode!r}: unknown components {bad}; use {MODE_COMPONENTS}")
-    loss_kw, opt_kw, step_kw = (mode_kwargs.get(c, {}) for c in MODE_COMPONENTS)
+    loss_kw, opt_kw, step_kw, loss_attrs = (mode_kwargs.get(c, {}) for c in MODE_COMPONENTS)
     missing = _accepts(CQLLoss.__init__, loss_kw) + _accepts(make_optimizer, opt_kw) + _accepts(UpdateStep.__init__, step_kw)
     if missing:
         raise NotImplementedError(f"unsupported: CQLLoss/make_optimizer/UpdateStep do not accept {missing}")
     actor, critic = _nets(args, device)
     loss = CQLLoss(actor, critic, num_qvalue_nets=NUM_CRITICS, num_actions=args.num_actions, **loss_kw).to(device)
+    for name, value in loss_attrs.items():
+        if not hasattr(loss, name):
+            raise NotImplementedError(f"unsupported: CQLLoss has no attribute {name!r}")
+        setattr(loss, name, value(loss) if callable(value) else value)
     update = UpdateStep(loss, make_optimizer(loss, **opt_kw), tau=5e-3, **step_kw)
     if args.cuda_graph:
         # the whole step captured once and replayed: no per-op launch or Python cost; the
