@@ -1,50 +1,64 @@
 """Mutation check of the loss tests: break one formula at a time, expect a failing test.
 
-    python tools/mutation_check.py      # prints CAUGHT/MISSED per mutation (~5 min on 2 cores)
+    python tools/mutation_check.py      # prints CAUGHT/MISSED per mutation (~30 min on 2 shared cores)
 
 Each entry: (file, original text, broken text). The source is restored after each run.
+It edits the files it tests: run it on a copy of the repository when others share the
+working tree (``cp -r . /tmp/mut && cd /tmp/mut && python tools/mutation_check.py``).
 """
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = ["tests/test_loss_formula.py", "tests/test_loss_defects.py", "tests/test_networks.py", "tests/test_fused_critic.py"]
+TESTS = ["tests/test_loss_formula.py", "tests/test_loss_defects.py", "tests/test_networks.py",
+         "tests/test_fused_critic.py", "tests/test_contract.py"]
+TERMS, LOSS, FUSED = "cql_modules/objectives/terms.py", "cql_modules/objectives/cql.py", "cql_modules/objectives/fused.py"
 muts = [
- ("cql_modules/objectives/cql.py", "q_next_b - logp_next", "q_next_b + logp_next"),
- ("cql_modules/objectives/cql.py", "self.temperature * torch.logsumexp(x / self.temperature", "torch.logsumexp(x"),
- ("cql_modules/objectives/cql.py", "q_targ_min = q_targ.amin(0)", "q_targ_min = q_targ.amax(0)"),
- ("cql_modules/objectives/cql.py", "q_pi[:, 0].amin(0)", "q_pi[:, 0].amax(0)"),
- ("cql_modules/objectives/cql.py", "penalty_scale = alpha_prime.detach() * self.cql_alpha", "penalty_scale = torch.tensor(self.cql_alpha)"),
- ("cql_modules/objectives/cql.py", "shifted.detach().sum(0)", "shifted.sum(0)"),
- ("cql_modules/objectives/cql.py", "q_rand - self.uniform_log_density", "q_rand + self.uniform_log_density"),
- ("cql_modules/objectives/cql.py", "(~terminated.bool())", "(terminated.bool() | True)"),
- ("cql_modules/objectives/cql.py", "v_next = v_next - alpha_d * logp_v", "v_next = v_next + alpha_d * logp_v"),
- ("cql_modules/objectives/cql.py", "torch.maximum(q_cur, mc), torch.maximum(q_next, mc)", "torch.maximum(q_cur, mc), q_next"),
- ("cql_modules/objectives/cql.py", "self.n_updates < self.bc_steps", "self.n_updates <= self.bc_steps"),
- ("cql_modules/objectives/cql.py", "(logp_pi + self.target_entropy)", "(logp_pi - self.target_entropy)"),
- ("cql_modules/objectives/cql.py", "gap = (ood - q_data).clamp(self.clip_diff_min, self.clip_diff_max)", "gap = (ood - q_data)"),
- ("cql_modules/objectives/cql.py", "torch.cat([q_rand, q_data[:, None], q_next_b, q_cur_b], dim=1)  # [K", "torch.cat([q_rand, q_next_b, q_cur_b], dim=1)  # [K"),
- ("cql_modules/objectives/cql.py", "y = reward + self.gamma *", "y = reward + 0.99 *"),
- ("cql_modules/objectives/cql.py", "v_next, idx = q_targ_min.max(0)", "v_next, idx = q_targ_min.min(0)"),
- ("cql_modules/objectives/cql.py", "self.log_alpha_prime.exp().clamp(0.0, 1e6)", "self.log_alpha_prime.exp().clamp(0.0, 2.0)"),
- ("cql_modules/objectives/cql.py", "return self.log_alpha.exp() * self.alpha_multiplier", "return self.log_alpha.exp()"),
- ("cql_modules/objectives/cql.py", "-0.5 * alpha_prime", "-1.0 * alpha_prime"),
- ("cql_modules/objectives/cql.py", "a_next, logp_next = actions[n_target:, 1]", "a_next, logp_next = actions[n_target:, 0]"),
- ("cql_modules/objectives/cql.py", "self._q_values(self.qvalue_network_params.detach(), obs_now_q", "self._q_values(self.qvalue_network_params, obs_now_q"),
- ("cql_modules/objectives/cql.py", "(logp_pi + self.target_entropy).detach()", "(logp_pi + self.target_entropy)"),
+ # the terms (docs/cql.md, sections 2-5)
+ (TERMS, "-(log_alpha * (log_prob + target_entropy).detach())", "-(log_alpha * (log_prob - target_entropy).detach())"),
+ (TERMS, "-(log_alpha * (log_prob + target_entropy).detach())", "-(log_alpha * (log_prob + target_entropy))"),
+ (TERMS, "return alpha.detach() * log_prob - q_pi.amin(0)", "return alpha.detach() * log_prob - q_pi.amax(0)"),
+ (TERMS, "return alpha.detach() * log_prob - log_prob_data", "return alpha.detach() * log_prob + log_prob_data"),
+ (TERMS, "per_action = q_next.amin(0)", "per_action = q_next.amax(0)"),
+ (TERMS, "v_next, idx = per_action.max(-1)", "v_next, idx = per_action.min(-1)"),
+ (TERMS, "log_prob_v = log_prob_next.gather(-1, idx[:, None]).squeeze(-1)", "log_prob_v = log_prob_next[:, 0]"),
+ (TERMS, "v_next = v_next - alpha * log_prob_v", "v_next = v_next + alpha * log_prob_v"),
+ (TERMS, "(~terminated.bool())", "(terminated.bool() | True)"),
+ (TERMS, "return torch.maximum(q, mc_return)", "return torch.minimum(q, mc_return)"),
+ (TERMS, "x = q_proposals - log_density", "x = q_proposals + log_density"),
+ (TERMS, "x = torch.cat([q_data[..., None], q_proposals], dim=-1)", "x = q_proposals"),
+ (TERMS, "ood = temperature * torch.logsumexp(x / temperature, dim=-1)", "ood = torch.logsumexp(x, dim=-1)"),
+ (TERMS, "return (ood - q_data).clamp(clip_diff_min, clip_diff_max)", "return ood - q_data"),
+ (TERMS, "return alpha_prime.detach() * cql_alpha * (gap - target_action_gap)", "return cql_alpha * (gap - target_action_gap)"),
+ (TERMS, "return alpha_prime.detach() * cql_alpha * (gap - target_action_gap)", "return alpha_prime * cql_alpha * (gap - target_action_gap)"),
+ (TERMS, "-0.5 * alpha_prime * cql_alpha", "-1.0 * alpha_prime * cql_alpha"),
+ (TERMS, "(gap - target_action_gap).detach().sum(0)", "(gap - target_action_gap).sum(0)"),
+ (TERMS, "distance_loss(q_data, y.expand_as(q_data), loss_function)", "distance_loss(q_data, y.expand_as(q_data), 'l1')"),
+ (TERMS, "q_policy = calibrate(q_policy, mc_return[:, None])", "q_policy = calibrate(q_policy, mc_return[:, None] - 1e3)"),
+ # sampling, networks, reduction (cql.py)
+ (LOSS, "return self.log_alpha.exp() * self.alpha_multiplier", "return self.log_alpha.exp()"),
+ (LOSS, "self.log_alpha_prime.exp().clamp(0.0, 1e6)", "self.log_alpha_prime.exp().clamp(0.0, 2.0)"),
+ (LOSS, "self.n_updates < self.bc_steps", "self.n_updates <= self.bc_steps"),
+ (LOSS, "self._q_values(self.qvalue_network_params.detach(), self._critic_inputs(td, smp.a_pi",
+        "self._q_values(self.qvalue_network_params, self._critic_inputs(td, smp.a_pi"),
+ (LOSS, "reward, terminated, self.gamma,", "reward, terminated, 0.99,"),
+ (LOSS, "a_next, a_cur = actions[:, 1, n_target:].detach()", "a_next, a_cur = actions[:, 0, n_target:].detach()"),
+ (LOSS, "a_target=actions[:, 1, :n_target].detach()", "a_target=actions[:, 0, :n_target].detach()"),
+ (LOSS, "[self.uniform_log_density.expand_as(lp_next), lp_next, lp_cur]", "[self.uniform_log_density.expand_as(lp_next), lp_cur, lp_next]"),
+ (LOSS, "x[:, None].expand(*actions.shape[:2], x.shape[-1])", "x[:, None].expand(*actions.shape[:2], x.shape[-1]).flip(0)"),
+ (LOSS, "-torch.log(high - low).sum()", "torch.log(high - low).sum()"),
+ (LOSS, "weights = weights.reshape(B) if weights is not None else None", "weights = None"),
+ (LOSS, "return weights / weights.sum() if self.reduction", "return weights / B if self.reduction"),
+ (LOSS, "(q[..., 0].detach() - y).abs().amax(0)", "(q[..., 0].detach() - y).abs().amin(0)"),
+ # the fused critic pass (fused.py)
+ (FUSED, "loss = ((t.td + t.penalty).sum(0) * state_weight).sum()", "loss = (t.td + t.penalty).sum() / state_weight.numel()"),
+ (FUSED, "return torch.cat([d_data[..., None], d_proposals], dim=-1)", "return torch.cat([d_data[..., None], d_proposals.flip(-1)], dim=-1)"),
+ (FUSED, "thr_bwd(buf, acts[i - 1][:, :r, :-1], 0, grad_input=buf)", "buf"),
+ (FUSED, "torch.cat([W.transpose(1, 2), b[:, None]], dim=1)", "torch.cat([W.transpose(1, 2), 0 * b[:, None]], dim=1)"),
+ # networks (docs/cql.md, section 8)
  ("cql_modules/modules.py", "gain=math.sqrt(2)", "gain=1.0"),
  ("cql_modules/modules.py", ".clamp(-20.0, 2.0)", ".clamp(-20.0, 0.5)"),
- ("cql_modules/objectives/cql.py", "x.expand(*lead, x.shape[-1])", "x.expand(*lead, x.shape[-1]).flip(-2)"),
- # the fused critic gradient (cql_modules/objectives/fused.py)
- ("cql_modules/objectives/fused.py", "return 2.0 * err", "return err"),
- ("cql_modules/objectives/fused.py", "soft = torch.exp(z - lse[..., None])", "soft = torch.exp(z)"),
- ("cql_modules/objectives/fused.py", "x = props - log_density[None, :, 1:]", "x = props + log_density[None, :, 1:]"),
- ("cql_modules/objectives/fused.py", "(penalty_scale * weight) * inside.to(q.dtype)", "(penalty_scale * weight)"),
- ("cql_modules/objectives/fused.py", "d_data = d[..., 0] - coef", "d_data = -coef"),
- ("cql_modules/objectives/fused.py", "(pol > mc).to(q.dtype) + 0.5 * (pol == mc).to(q.dtype)", "(pol >= mc).to(q.dtype)"),
- ("cql_modules/objectives/fused.py", "thr_bwd(buf, acts[i - 1][:, :r, :-1], 0, grad_input=buf)", "buf"),
- ("cql_modules/objectives/fused.py", "gap = tau * lse - q_data", "gap = lse - q_data"),
 ]
 missed = 0
 for f, a, b in muts:
