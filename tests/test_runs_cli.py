@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from run_fixtures import load_recipe, minari_root, tiny_overrides  # noqa: F401  (minari_root: a fixture)
+from run_fixtures import ROOT, load_recipe, minari_root, tiny_overrides  # noqa: F401  (minari_root: a fixture)
 
 from cql_modules.train.cli import EXIT_CODES
 from cql_modules.train.run_logger import read_metrics
@@ -177,3 +177,25 @@ def test_a_diverged_run_exits_with_its_own_code(cli, tmp_path):
     code, err = cli(*SHORT, "dataset.reward_scale=1e38", f"hydra.run.dir={run_dir}")  # rewards overflow to inf
     assert code == EXIT_CODES["diverged"] and summary(run_dir)["status"] == "diverged", err
     assert any(line.startswith("stopped: non-finite") for line in err)
+
+
+def test_resume_config_rules(recipe):
+    """The saved values win; named resumable fields change; a group override is compared
+    field by field; a saved config the schema no longer fits is refused, not half-loaded."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from cql_modules.train.cli import ResumeConfigError, resume_config
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        requested = compose("offline_cql", overrides=["num_updates=7", "dataset=hopper-medium-v2"])
+        saved = compose("offline_cql", overrides=["network.hidden_dim=32"])
+    config, changed = resume_config(saved, requested, ["num_updates"])
+    assert config.network.hidden_dim == 32 and config.num_updates == 7 and config.resume
+    assert config.dataset.name == saved.dataset.name and changed == {"num_updates": (saved.num_updates, 7)}
+    with pytest.raises(ResumeConfigError, match=r"dataset.name: saved '.*', requested 'hopper-medium-v2'"):
+        resume_config(saved, requested, ["dataset"])
+    old = OmegaConf.create(OmegaConf.to_container(saved))
+    old.network.width = 3  # a field this version does not have
+    with pytest.raises(ResumeConfigError, match="does not fit this version's schema"):
+        resume_config(old, requested, [])

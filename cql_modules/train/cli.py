@@ -168,6 +168,7 @@ def resume_config(saved: Any, requested: Any, explicit: list[str] | None) -> tup
     :class:`ResumeConfigError` listing field, saved and requested value. Returns
     ``(config, changes)``, ``changes``: field -> (saved, requested)."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     saved_c = OmegaConf.to_container(saved, resolve=True)
     requested_c = OmegaConf.to_container(requested, resolve=True)
@@ -189,7 +190,11 @@ def resume_config(saved: Any, requested: Any, explicit: list[str] | None) -> tup
         listed = "; ".join(f"{k}: saved {a!r}, requested {b!r}" for k, (a, b) in sorted(refused.items()))
         raise ResumeConfigError(f"resume cannot change what the run is: {listed}. Drop these overrides to "
                                 "continue the run, or start a new run in a new hydra.run.dir")
-    config = OmegaConf.merge(requested, saved)  # the requested node keeps its schema type
+    try:
+        config = OmegaConf.merge(requested, saved)  # the requested node keeps its schema type
+    except OmegaConfBaseException as err:
+        raise ResumeConfigError(f"the run's saved configuration does not fit this version's schema "
+                                f"({str(err).splitlines()[0]}); resume it with the version that made it") from err
     for k, (_, b) in changed.items():
         OmegaConf.update(config, k, b, merge=False)
     config.resume = True
