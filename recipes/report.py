@@ -9,6 +9,7 @@ Writes <out>/report.md and one learning-curve PNG per dataset (cql_modules.repor
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from cql_modules.report import DEFAULT_REFERENCE, write_report
@@ -22,10 +23,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="reference scores CSV (default: CORL's CQL table shipped here; 'none': no column)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples for the 95%% CIs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     try:
         path = write_report(args.dirs, args.out, reference=None if args.reference == "none" else args.reference,
-                            reps=args.reps, seed=args.seed)
+                            reps=args.reps, seed=args.seed,
+                            command=shlex.join(["python", "recipes/report.py", *argv]))
     except (FileNotFoundError, ValueError) as err:
         print(f"report.py: error: {err}", file=sys.stderr)
         return 2
