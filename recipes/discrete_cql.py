@@ -1,12 +1,12 @@
 """Offline discrete-action CQL (CQL(H) on a DQN backbone), end to end.
 
-    python recipes/discrete_cql.py                                  # embedded CartPole dataset, about a minute on a CPU
+    python recipes/discrete_cql.py                                  # embedded CartPole dataset, 2-3 minutes on 2 CPU cores
     python recipes/discrete_cql.py loss.cql_alpha=0                 # plain (double) DQN on the same data
     python recipes/discrete_cql.py loss.num_qvalue_nets=2 optim.target_update=hard optim.target_update_period=500
-    python recipes/discrete_cql.py dataset=D4RL/minigrid/fourrooms-v0 dataset.download=true
+    python recipes/discrete_cql.py discrete_dataset=D4RL/minigrid/fourrooms-v0 dataset.download=true
     python recipes/discrete_cql.py resume=true hydra.run.dir=<run dir>   # continue a stopped run
 
-Config: configs/discrete_cql.yaml + a preset of configs/dataset/; the schema is
+Config: configs/discrete_cql.yaml + a preset of configs/discrete_dataset/; the schema is
 :class:`DiscreteConfig` below (the ``loss`` section is derived from
 ``DiscreteCQLLoss.__init__``). Same run engine, outputs and exit codes as
 ``recipes/offline_cql.py``: metrics.jsonl, summary.json, learning_curve.png,

@@ -93,7 +93,7 @@ def test_recipe_trains_on_the_standin(standin, tmp_path):
     with initialize_config_dir(config_dir=str(root / "configs"), version_base="1.3"):
         # the real preset, with the stand-in data, tiny sizes and no evaluation env (no minigrid here)
         cfg = compose("discrete_cql", overrides=[
-            "dataset=D4RL/minigrid/fourrooms-v0", f"dataset.name={DATASET}", "network.hidden_dim=8",
+            "discrete_dataset=D4RL/minigrid/fourrooms-v0", f"dataset.name={DATASET}", "network.hidden_dim=8",
             "batch_size=8", "num_updates=4", "logger.every=2", "logger.backends=[]", "logger.progress=false",
             "eval.every=0", "checkpoint.every=2", "num_threads=1"])
     summary = recipe.train(cfg, tmp_path / "run")
