@@ -46,7 +46,10 @@ def cli(recipe, minari_root, monkeypatch, capsys):  # noqa: F811
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:
-    return {name: (run_dir / name).read_bytes() for name in KEPT_FILES if (run_dir / name).is_file()}
+    """Every run file's bytes; not Hydra's own (``.hydra/``, the job log) nor the launch record."""
+    files = {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert set(KEPT_FILES) <= set(files)
+    return {k: v for k, v in files.items() if not k.startswith(".hydra") and not k.endswith((".log", "launches.jsonl"))}
 
 
 def steps(run_dir: Path) -> list[int]:
@@ -66,7 +69,7 @@ def summary(run_dir: Path) -> dict:
 def done(cli, tmp_path) -> Path:
     """A completed tiny run (4 updates, checkpoints at 2 and 4)."""
     run_dir = tmp_path / "run"
-    code, err = cli(*SHORT, "network.hidden_dim=6", f"hydra.run.dir={run_dir}")
+    code, err = cli(*SHORT, "network.hidden_dim=6", "logger.backends=[csv,tensorboard]", f"hydra.run.dir={run_dir}")
     assert code == 0, err
     return run_dir
 

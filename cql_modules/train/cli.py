@@ -306,9 +306,7 @@ def guarded(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
             code = EXIT_CODES["preempted" if isinstance(err, Preempted) else "interrupted"]
             print(f"{err or 'interrupted'}: rerun the same command with resume=true hydra.run.dir={run_dir} "
                   "to continue", file=sys.stderr)
-            if single:
-                sys.exit(code)
-            return None
+            sys.exit(code)  # a sweep stops too: the signal was for the whole process
         except Exception as err:
             # A new run records its failure; a resume leaves the run's files as they were.
             kind = _error_class(err)

@@ -159,6 +159,11 @@ class RunEngine:
         if c.resume and found is None and c.checkpoint.load_from:
             raise ConfigError(f"checkpoint.load_from: no checkpoint at {c.checkpoint.load_from}")
         state, path = found or (None, None)
+        if state is not None:  # all that may refuse the checkpoint, before any run file is opened
+            check_same_data(state["extra"]["data"], self.info)
+            extra = load_training_state(state, self.loss, self.update, replay_buffer=self.replay_buffer)
+            if self.hooks.name is not None:
+                self.hooks.load_state_dict(extra[self.hooks.name], path.parent)
         self.run_logger = RunLogger(self.run_dir, c.logger.backends, exp_name=run_name(c), config=config_to_dict(c),
                                     project=c.logger.project, group=c.logger.group, wandb_mode=c.logger.wandb_mode,
                                     resume_state=state and state["extra"]["logger"])
@@ -167,12 +172,8 @@ class RunEngine:
                 log.warning("resume=true but no checkpoint under %s: starting from scratch", self.run_dir)
                 self.run_logger.rewind(0)
             return None
-        check_same_data(state["extra"]["data"], self.info)
-        extra = load_training_state(state, self.loss, self.update, replay_buffer=self.replay_buffer)
         self.run_logger.rewind(self.update.n_steps, source_dir=path.parent.parent)
         self.history = extra["history"]
-        if self.hooks.name is not None:
-            self.hooks.load_state_dict(extra[self.hooks.name], path.parent)
         log.info("resumed from %s at update %d", path, self.update.n_steps)
         return path
 
