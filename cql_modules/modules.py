@@ -1,9 +1,9 @@
 """Actor and critic builders with CORL's architecture and initialisation.
 
-CORL's offline CQL script has two initialisation defects (cql-spec section 7): its
+CORL's offline CQL script has two initialisation defects (docs/cql.md, section 10): its
 second critic ignores ``q_n_hidden_layers`` and its actor never receives the orthogonal
-init. Here every network is built by the same :class:`MLP`, whose
-``reset_parameters`` applies the spec's init, so the actor and *every* critic of the
+init. Here every network is built by the same :class:`MLP`, whose ``reset_parameters``
+applies CORL's init (docs/cql.md, section 8), so the actor and *every* critic of the
 ensemble get the same depth and init (``CQLLoss`` re-runs ``reset_parameters`` on each
 ensemble copy, see ``cql_modules.objectives.cql``).
 """

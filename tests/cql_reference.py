@@ -1,4 +1,4 @@
-"""An independent plain-torch (float64) computation of cql-spec.md sections 1-4.
+"""An independent plain-torch (float64) computation of docs/cql.md, sections 1-5.
 
 It reads the networks' weights as plain tensors and evaluates every critic with its own
 explicit matmuls, one critic and one proposal at a time: nothing is shared with
@@ -84,7 +84,7 @@ def reference_cql(loss, td, rec, *, K, N, gamma, importance_sample=True, lagrang
                   target_action_gap=-1.0, temperature=1.0, cql_alpha=10.0, max_target_backup=False,
                   backup_entropy=False, clip_diff_min=-math.inf, clip_diff_max=math.inf,
                   bc_active=False, alpha_multiplier=1.0, auto_alpha=True, calibrated=False):
-    """Returns the spec's scalar losses and a few per-critic metrics, in float64."""
+    """Returns the scalar losses of docs/cql.md and a few per-critic metrics, in float64."""
     d = torch.float64
     s, s2 = td["observation"].to(d), td["next", "observation"].to(d)
     a = td["action"].to(d)

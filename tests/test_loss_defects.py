@@ -1,4 +1,4 @@
-"""One regression test per defect of cql-spec.md section 7, plus gradient routing."""
+"""One regression test per defect of docs/cql.md, section 10, plus gradient routing."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Data conventions from CORL (cql-spec section 6): state normalization, reward modification.
+"""Data conventions from CORL (docs/cql.md, section 9): state normalization, reward modification.
 
 Both are small serializable objects so checkpoints can store them, and both turn into TorchRL
 transforms so the evaluation / online environment sees the same convention as the buffer.

@@ -4,7 +4,7 @@ The equations are in docs/cql.md; every term is a pure function of
 :mod:`cql_modules.objectives.terms`, and :meth:`CQLLoss.forward` only samples the actions,
 evaluates the networks and combines the named terms. Differences from
 ``torchrl.objectives.CQLLoss`` (all regression-tested, ``tests/test_loss_defects.py``;
-docs/cql.md, section 9):
+docs/cql.md, section 10):
 
 * Lagrange: alpha' multiplies the penalty, and its loss is detached from the critic.
 * The logsumexp runs over all 3N sampled actions of a state, not over 3 values per action.
