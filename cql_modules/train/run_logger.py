@@ -259,7 +259,8 @@ class RunLogger:
                 fd.close()
             experiment.files.clear()
             for csv_path in Path(experiment.log_dir, "scalars").glob("**/*.csv"):
-                lines = csv_path.read_text().splitlines()
+                text = csv_path.read_text()
+                lines = text.splitlines()[:None if text.endswith("\n") else -1]  # a killed run's torn last line
                 keep = [ln for ln in lines if _csv_step(ln) is not None and _csv_step(ln) <= step]
                 with atomic_write(csv_path) as f:
                     f.write("".join(ln + "\n" for ln in keep))
