@@ -64,3 +64,12 @@ def tiny_run(minari_root, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     run_recipe(*tiny_overrides(), f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_finetune_run(minari_root, tmp_path_factory) -> Path:
+    """One real offline-to-online run: 4 offline updates, then 8 online (Pendulum, 5-step episodes)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "finetune"
+    run_recipe(*tiny_overrides(), "offline_updates=4", "online_updates=8", "online.max_episode_steps=5",
+               f"hydra.run.dir={run_dir}", cwd=run_dir.parent, recipe="finetune_cql.py")
+    return run_dir

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from run_fixtures import minari_root, tiny_run  # noqa: F401  (fixtures)
+from run_fixtures import minari_root, tiny_finetune_run, tiny_run  # noqa: F401  (fixtures)
 from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
@@ -118,6 +118,19 @@ def test_evaluate_appends_to_the_summary(tiny_run, tmp_path):
     assert first["returns"][0] == pytest.approx(before["final_return"], rel=1e-6)
     assert second["returns"] == pytest.approx(first["returns"][:2], rel=1e-6)
     assert first["return_mean"] == pytest.approx(np.mean(first["returns"]))
+
+
+def test_evaluate_a_fine_tuning_run(tiny_finetune_run, tmp_path, capsys):
+    """Its own schema (online fields); the final policy: episode 0 repeats the last evaluation."""
+    import json
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_finetune_run, run_dir)
+    assert load_evaluate_recipe().main([str(run_dir), "eval.n_episodes=2"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (record,) = summary["reevaluations"]
+    assert record["step"] == 12 and record["returns"][0] == pytest.approx(summary["final_return"], rel=1e-6)
 
 
 @pytest.mark.parametrize("args, message", [

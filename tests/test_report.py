@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from run_fixtures import DATASET, ROOT, minari_root, run_recipe, tiny_overrides  # noqa: F401
+from run_fixtures import DATASET, minari_root, run_recipe, tiny_finetune_run, tiny_overrides  # noqa: F401
 
-from cql_modules.report import Group, Run, aggregate, domain_of, find_runs, group_runs, read_reference, write_report
+from cql_modules.report import Group, Run, aggregate, domain_of, read_reference, write_report
 
 
 def write_run(path: Path, dataset: str, seed: int, finals: list[float], *, status: str = "completed",
@@ -52,10 +52,10 @@ def sweep(tmp_path):
     return tmp_path
 
 
-def table_rows(report: str, section: str) -> list[list[str]]:
+def table_rows(report: str, section: str, *, header: bool = False) -> list[list[str]]:
     body = report.split(f"## {section}")[1].split("\n## ")[0]
     rows = [ln.strip("| ").split(" | ") for ln in body.splitlines() if ln.startswith("|")]
-    return rows[2:]  # without header and alignment rows
+    return rows[:1] if header else rows[2:]  # the header, or the rows without header and alignment
 
 
 def test_per_dataset_table_matches_a_hand_computation(sweep, tmp_path):
@@ -160,3 +160,15 @@ def test_report_of_a_real_sweep(minari_root, tmp_path):
     pngs = sorted(p.name for p in (tmp_path / "report").glob("*.png"))
     assert len(pngs) == 2 and all(f"]({p})" in report for p in pngs)
     assert re.search(r"Reference:", report) is None  # no CORL dataset in this sweep
+
+
+def test_report_of_a_fine_tuning_run(tiny_finetune_run, tmp_path):
+    """A real offline-to-online run: its offline-phase score and regret columns, its curve."""
+    report = write_report([tiny_finetune_run], tmp_path / "out", reps=200).read_text()
+    summary = json.loads((tiny_finetune_run / "summary.json").read_text())
+    (row,) = table_rows(report, "Per dataset")
+    (header,) = table_rows(report, "Per dataset", header=True)
+    assert header[9:11] == ["offline phase", "eval regret"]
+    assert row[3] == f"{summary['final_normalized_score']:.1f}" and row[6] == "12"
+    assert row[9] == f"{summary['offline_normalized_score']:.1f}" and row[10] == f"{summary['eval_regret']:.3f}"
+    assert (tmp_path / "out" / f"curve_{DATASET.replace('/', '_')}.png").is_file()
