@@ -7,11 +7,12 @@ update -- and reports:
 
 * each phase's wall time per step, measured without the profiler (median over steps);
 * within each phase, from ``torch.profiler`` (same steps, shapes recorded), the self time
-  of the ATen kernels by kind: the critics' penalty-pass matmuls (the 2 x (1 + 3N) x B
-  rows; what the FLOP count is about), other matmuls (actor passes, the actor term's and
-  the target's critic passes), Adam's kernels, and everything else (element-wise,
-  reductions, copies, sampling); "unattributed" is the phase's time outside ATen kernels
-  (Python, TensorDict, dispatch, the autograd engine).
+  of the ATen kernels by kind: the critics' penalty pass (the 2 x (1 + 3N) x B rows; what
+  the FLOP count is about), its matmuls and its element-wise work (ReLU, masks, the
+  per-block dLoss/dQ), other matmuls (actor passes, the actor term's and the target's
+  critic passes), Adam's kernels, and everything else (element-wise, reductions, copies,
+  sampling); "unattributed" is the phase's time outside ATen kernels (Python,
+  TensorDict, dispatch, the autograd engine).
 
     python benchmarks/profile_update.py --threads 1 --mode eager --steps 10
 """
@@ -34,7 +35,8 @@ import bench_update  # noqa: E402  (sibling script)
 PHASES = ("sample", "zero_grad", "loss forward", "backward", "optimizer step", "target update")
 MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::baddbmm_", "aten::addbmm", "aten::addmm_",
            "aten::matmul", "aten::linear"}
-KINDS = ("critic penalty matmuls", "other matmuls", "Adam kernels", "element-wise & other kernels")
+KINDS = ("critic penalty matmuls", "critic penalty element-wise", "other matmuls", "Adam kernels",
+         "other element-wise & kernels")
 
 
 def phased_step(update, rb, times: dict[str, list[float]] | None = None) -> None:
@@ -58,20 +60,21 @@ def phased_step(update, rb, times: dict[str, list[float]] | None = None) -> None
     run("target update", update.target_updater.step)
 
 
-def _kind(evt, min_penalty_rows: int) -> str:
+def _kind(evt, phase: str, min_penalty_rows: int) -> str:
     name = evt.name
+    # the penalty pass: inside FusedCriticGrad, or (autograd path) an operand with more
+    # rows than the actor's [s, s'] pass
+    parent, fused = evt.cpu_parent, False
+    while parent is not None and not fused:
+        fused, parent = parent.name == "FusedCriticGrad", parent.cpu_parent
+    shapes = [s for s in (evt.input_shapes or []) if s]
+    big = fused or (phase in ("loss forward", "backward")
+                    and any(len(s) >= 2 and max(s[-2:]) >= min_penalty_rows for s in shapes))
     if name in MATMULS:
-        # the penalty pass: inside FusedCriticGrad, or (autograd path) an operand with more
-        # rows than the actor's [s, s'] pass
-        parent, fused = evt.cpu_parent, False
-        while parent is not None and not fused:
-            fused, parent = parent.name == "FusedCriticGrad", parent.cpu_parent
-        shapes = [s for s in (evt.input_shapes or []) if s]
-        big = fused or any(len(s) >= 2 and max(s[-2:]) >= min_penalty_rows for s in shapes)
-        return KINDS[0] if big else KINDS[1]
+        return KINDS[0] if big else KINDS[2]
     if "adam" in name.lower() or "_foreach" in name:
-        return KINDS[2]
-    return KINDS[3]
+        return KINDS[3]
+    return KINDS[1] if big else KINDS[4]
 
 
 def main(argv=None) -> dict:
@@ -120,7 +123,7 @@ def main(argv=None) -> dict:
         while parent is not None and not parent.name.startswith("phase: "):
             parent = parent.cpu_parent
         if parent is not None:
-            by[parent.name[7:]][_kind(evt, min_penalty_rows)] += evt.self_cpu_time_total / 1e3 / a.steps
+            by[parent.name[7:]][_kind(evt, parent.name[7:], min_penalty_rows)] += evt.self_cpu_time_total / 1e3 / a.steps
 
     rows = []
     for ph in PHASES:
