@@ -65,6 +65,9 @@ def main(argv=None) -> None:
             time.sleep(30)
         print(f"== {key} (load average {os.getloadavg()[0]:.2f}): {' '.join(cmd)}", flush=True)
         subprocess.run([sys.executable, str(HERE / cmd[0]), *cmd[1:]], check=True)
+    speed = [cmd[-1] for key, cmd in todo.items() if key in ("2t", "1t")]
+    if speed:
+        subprocess.run([sys.executable, str(HERE / "speed_table.py"), *speed], check=True)
 
 
 if __name__ == "__main__":

@@ -152,6 +152,9 @@ def test_main_tiny_shape_writes_json(bench, tmp_path, monkeypatch):
     assert rows["torchrl-cql"]["ratio_vs_torchrl_cql"] == pytest.approx(1.0)
     assert rows["corl-structured"]["ratio_vs_corl_paired_median"] == pytest.approx(1.0)
     assert rows["corl-structured"]["evaluated_flops"] > rows["ours:eager"]["evaluated_flops"]
+
+    table = _load("speed_table").table([out])
+    assert "| CORL-structured update |" in table and "ours, fp32 (default)" in table
     assert rows["torchrl-sac"]["flops_accounting"] == "sac_minimal"
     assert rows["ours:eager"]["flops_accounting"] == "cql_spec_minimal"
 
