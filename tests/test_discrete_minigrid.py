@@ -11,8 +11,9 @@ from gymnasium.spaces.text import alphanumeric
 
 from cql_modules.data import load_dataset
 from cql_modules.data.envs import FlattenDictObservation
+from cql_modules.data.minari_source import MEASURED_REFERENCE_SCORES
 
-DATASET = "test/minigrid/standin-v0"
+DATASET = "D4RL/minigrid/fourrooms-v0"  # the real id: its reference scores come from our table
 OBS_SPACE = gym.spaces.Dict({
     "direction": gym.spaces.Discrete(4),
     "image": gym.spaces.Box(0, 255, (7, 7, 3), np.uint8),
@@ -42,8 +43,7 @@ def standin(tmp_path_factory):
         minari.create_dataset_from_buffers(
             DATASET, [EpisodeBuffer(id=i, **ep) for i, ep in enumerate(episodes)], observation_space=OBS_SPACE,
             action_space=gym.spaces.Discrete(7), algorithm_name="random", author="tests", author_email="n/a",
-            code_permalink="tests/test_discrete_minigrid.py", description="MiniGrid-shaped stand-in",
-            ref_min_score=0.0, ref_max_score=1.0, num_episodes_average_score=1)
+            code_permalink="tests/test_discrete_minigrid.py", description="MiniGrid-shaped stand-in")
         yield episodes
 
 
@@ -57,6 +57,7 @@ def test_dict_observations_are_encoded_and_actions_are_integers(standin):
     data = rb[:]
     assert info.observation_space.shape == (151,) and info.observation_keys == ("direction", "image")
     assert isinstance(info.action_space, gym.spaces.Discrete) and info.action_space.n == 7
+    assert (info.ref_min_score, info.ref_max_score) == MEASURED_REFERENCE_SCORES[DATASET]  # metadata has none
     first = standin[0]["observations"]
     assert np.array_equal(data["observation"][0].numpy(), encode(first, 0))
     assert np.array_equal(data["next", "observation"][0].numpy(), encode(first, 1))
@@ -93,8 +94,46 @@ def test_recipe_trains_on_the_standin(standin, tmp_path):
     with initialize_config_dir(config_dir=str(root / "configs"), version_base="1.3"):
         # the real preset, with the stand-in data, tiny sizes and no evaluation env (no minigrid here)
         cfg = compose("discrete_cql", overrides=[
-            "discrete_dataset=D4RL/minigrid/fourrooms-v0", f"dataset.name={DATASET}", "network.hidden_dim=8",
+            "discrete_dataset=D4RL/minigrid/fourrooms-v0", "network.hidden_dim=8",
             "batch_size=8", "num_updates=4", "logger.every=2", "logger.backends=[]", "logger.progress=false",
             "eval.every=0", "checkpoint.every=2", "num_threads=1"])
     summary = recipe.train(cfg, tmp_path / "run")
     assert summary["status"] == "completed" and summary["updates"] == 4
+
+
+# ---------------------------------------------------------------- with the real MiniGrid env
+def test_real_minigrid_env_evaluates_and_references_are_reproducible(tmp_path, monkeypatch):
+    """A tiny dataset recorded in MiniGrid-FourRooms-v0 itself (as Minari's generation script
+    does): the evaluation env is rebuilt from its spec and encoded like the buffer, and the
+    reference policies order as expected. Needs the ``minigrid`` package."""
+    pytest.importorskip("minigrid")
+    from minari import DataCollector
+    from torchrl.modules import MLP, QValueActor
+
+    from cql_modules.data import make_env
+    from cql_modules.data.discrete import measure_minigrid_references, minigrid_shortest_path
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    env = gym.make("MiniGrid-FourRooms-v0")
+    space = gym.spaces.Dict({"direction": env.observation_space["direction"], "image": env.observation_space["image"],
+                             "mission": OBS_SPACE["mission"]})
+    env = DataCollector(env, observation_space=space)
+    for seed in range(2):
+        env.reset(seed=seed)
+        plan, done, t = minigrid_shortest_path(env), False, 0
+        while not done:
+            _, _, terminated, truncated, _ = env.step(plan[t])
+            done, t = terminated or truncated, t + 1
+    env.create_dataset("test/minigrid/real-v0", algorithm_name="shortest path", author="tests", author_email="n/a",
+                       code_permalink="tests/test_discrete_minigrid.py", description="two expert episodes")
+    rb, info = load_dataset("test/minigrid/real-v0")
+    eval_env = make_env(info, seed=0)
+    actor = QValueActor(MLP(in_features=151, out_features=7, num_cells=[8]), in_keys=["observation"],
+                        spec=eval_env.action_spec)
+    rollout = eval_env.rollout(5, actor)
+    assert rollout["observation"].shape == (5, 151) and rollout["action"].dtype == torch.int64
+    first = rb[:1]["observation"]  # the buffer's first state, normalized like the env's
+    reset = eval_env.reset(seed=0)["observation"]
+    assert torch.allclose(first[0], reset, atol=1e-5)
+    refs = measure_minigrid_references(episodes=10)
+    assert refs["random"] < 0.2 < 0.7 < refs["expert"] <= 1.0

@@ -24,7 +24,10 @@ categorical actions (``action_space="categorical"``).
 """
 from __future__ import annotations
 
+import collections
 import sys
+
+import numpy as np
 
 from .collect import LOCAL_BUILDERS, BehaviourSpec, build_minari_dataset
 from .minari_source import is_local_minari, minari_root
@@ -80,6 +83,60 @@ def ensure_cartpole_dataset(progress: bool = True) -> str:
 
 
 LOCAL_BUILDERS[CARTPOLE_DATASET_ID] = ensure_cartpole_dataset
+
+
+def minigrid_shortest_path(env) -> list[int] | None:
+    """The shortest action sequence (0 turn left, 1 turn right, 2 forward) from the agent's
+    pose to the goal of a MiniGrid env, by breadth-first search over (x, y, direction) with
+    full observability (what the D4RL/Minari expert is given); None if the goal is unreachable."""
+    u = env.unwrapped
+    moves = [(1, 0), (0, 1), (-1, 0), (0, -1)]  # MiniGrid's DIR_TO_VEC
+    start = (*u.agent_pos, u.agent_dir)
+    previous, queue = {start: None}, collections.deque([start])
+    while queue:
+        x, y, d = pose = queue.popleft()
+        cell = u.grid.get(x, y)
+        if cell is not None and cell.type == "goal":
+            actions = []
+            while previous[pose] is not None:
+                pose, action = previous[pose]
+                actions.append(action)
+            return actions[::-1]
+        ahead = u.grid.get(x + moves[d][0], y + moves[d][1])
+        steps = [((x, y, (d - 1) % 4), 0), ((x, y, (d + 1) % 4), 1)]
+        if ahead is None or ahead.can_overlap():
+            steps.append(((x + moves[d][0], y + moves[d][1], d), 2))
+        for nxt, action in steps:
+            if nxt not in previous:
+                previous[nxt] = (pose, action)
+                queue.append(nxt)
+    return None
+
+
+def measure_minigrid_references(env_id: str = "MiniGrid-FourRooms-v0", episodes: int = 1000,
+                                seed: int = 0) -> dict[str, float]:
+    """Mean returns of the uniform random policy (over all 7 actions) and of the
+    shortest-path expert (:func:`minigrid_shortest_path`) over episodes reset with seeds
+    ``seed .. seed + episodes - 1``: the reference scores of the ``D4RL/minigrid/*`` datasets,
+    whose Minari metadata has none (``minari_source.MEASURED_REFERENCE_SCORES``). Needs the
+    ``minigrid`` package."""
+    import gymnasium as gym
+    import minigrid  # noqa: F401 (registers the MiniGrid envs)
+
+    env = gym.make(env_id)
+    returns = {}
+    for name in ("random", "expert"):
+        rng, total = np.random.default_rng(seed), 0.0
+        for episode in range(episodes):
+            env.reset(seed=seed + episode)
+            plan = minigrid_shortest_path(env) if name == "expert" else None
+            done, t = False, 0
+            while not done:
+                action = plan[t] if plan is not None and t < len(plan) else int(rng.integers(env.action_space.n))
+                _, reward, terminated, truncated, _ = env.step(action)
+                total, done, t = total + reward, terminated or truncated, t + 1
+        returns[name] = total / episodes
+    return returns
 
 if __name__ == "__main__":  # rebuild and print the measured numbers
     print(build_cartpole_dataset(overwrite=True, progress=False))

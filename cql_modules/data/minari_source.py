@@ -7,7 +7,7 @@ in the stored space's key order (:attr:`MinariData.observation_keys`); the evalu
 online environments flatten theirs in that same order (:func:`cql_modules.data.make_env`),
 so the goal is part of the observation on both sides. Other entries are encoded the same
 way on both sides too (:func:`flatten_observation`): an image ``Box`` by its pixels, a
-``Discrete`` one one-hot, and ``Text`` (MiniGrid's constant mission string) dropped.
+``Discrete`` one one-hot, and strings (MiniGrid's constant mission) dropped.
 
 Goal-reaching datasets (gymnasium-robotics mazes: ``AntMaze_*``, ``PointMaze_*`` with
 ``reward_type="sparse"``) use the sparse-reward ``mc_return`` rule. AntMaze follows D4RL's
@@ -27,6 +27,15 @@ import numpy as np
 
 from .errors import DatasetError, DatasetNotFoundError
 from .transitions import Transitions
+
+
+#: (ref_min_score, ref_max_score) of Minari datasets whose metadata has none, measured by this
+#: project: MiniGrid-FourRooms-v0, uniform random policy and shortest-path expert, 1000 episodes
+#: each, seeds 0..999 (``cql_modules.data.discrete.measure_minigrid_references``).
+MEASURED_REFERENCE_SCORES = {
+    "D4RL/minigrid/fourrooms-v0": (0.0231, 0.8568),
+    "D4RL/minigrid/fourrooms-random-v0": (0.0231, 0.8568),
+}
 
 
 @dataclass
@@ -75,13 +84,17 @@ def open_minari(dataset_id: str, download: bool = False):
 
 def observation_keys(space: gym.spaces.Dict) -> tuple[str, ...]:
     """The entries of a ``Dict`` observation that are encoded, in order: every ``Box`` and
-    ``Discrete`` one; ``Text`` entries (a task's mission string, e.g. MiniGrid's
-    "reach the goal") are left out."""
-    keys = tuple(k for k, s in space.spaces.items() if not isinstance(s, gym.spaces.Text))
+    ``Discrete`` one; string entries (``Text``, MiniGrid's ``MissionSpace``: a task's mission,
+    e.g. "reach the goal") are left out."""
+    keys = tuple(k for k, s in space.spaces.items() if not _is_string_space(s))
     for key in keys:
         if not isinstance(space[key], (gym.spaces.Box, gym.spaces.Discrete)):
             raise DatasetError(f"unsupported observation entry '{key}': {space[key]} (need Box, Discrete or Text)")
     return keys
+
+
+def _is_string_space(space: gym.Space) -> bool:
+    return isinstance(space, gym.spaces.Text) or (space.dtype is not None and np.dtype(space.dtype).kind == "U")
 
 
 def flat_observation_space(space: gym.spaces.Dict, keys: tuple[str, ...]) -> gym.spaces.Box:
@@ -175,6 +188,8 @@ def read_minari(dataset) -> MinariData:
     metadata = dataset.storage.metadata
     env_spec = getattr(dataset, "_eval_env_spec", None) or dataset.env_spec
     refs = metadata.get("ref_min_score"), metadata.get("ref_max_score")
+    if refs[0] is None:
+        refs = MEASURED_REFERENCE_SCORES.get(dataset.id, refs)
     if env_family(env_spec) == "antmaze":
         refs = 0.0, 1.0  # D4RL: the evaluation episode ends at the goal, return = success
     return MinariData(
