@@ -11,7 +11,6 @@ rate per size and its ratio to the cache-derived default
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -22,31 +21,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_update  # noqa: E402  (sibling script)
+import bench_update  # noqa: E402 (a sibling script, importable once its folder is on sys.path)
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = bench_update.single_mode_parser(__doc__)
     p.add_argument("--rows", default="256,512,1024,2048,4096,8192", help="comma-separated block sizes (rows)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--mode", default="eager", help=f"one of {list(bench_update.OUR_MODES)}")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--num-actions", type=int, default=10)
-    p.add_argument("--json", default=None)
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
     from cql_modules.objectives.cache_blocking import cpu_cache_bytes, default_block_rows
 
-    bargs = bench_update.parse_args(["--batch-size", str(a.batch_size), "--hidden", str(a.hidden),
-                                     "--num-actions", str(a.num_actions), "--dataset-size", "20000"])
+    step, loss = bench_update.build_single_mode(a)
     device = torch.device("cpu")
-    torch.manual_seed(0)
-    rb = bench_update.make_replay_buffer(bargs.dataset_size, a.batch_size, device, 0)
-    step, loss = bench_update.build_ours(a.mode, bargs, device, rb)
     dtype = loss.critic_compute_dtype or torch.float32
     default = default_block_rows(a.hidden, loss.num_qvalue_nets, dtype)
     sizes = sorted({int(r) for r in a.rows.split(",") if r} | {default})

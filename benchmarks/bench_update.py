@@ -452,7 +452,7 @@ def build_ours(mode: str, args, device, rb):
     def step():
         return update(rb.sample())
 
-    step.update = update  # for profile_update.py's phase breakdown
+    step.update, step.sample = update, rb.sample  # for profile_update.py's phase breakdown
     return step, loss
 
 
@@ -573,6 +573,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--label", default=None, help="free text stored in the JSON (e.g. what changed)")
     p.add_argument("--json", default=None, help="output path (default benchmarks/results/<device>-<date>-<time>.json)")
     return p.parse_args(argv)
+
+
+def single_mode_parser(doc: str) -> argparse.ArgumentParser:
+    """Options of the scripts that time or profile one of our modes alone (CPU)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--mode", default="eager", help=f"one of {list(OUR_MODES)}")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--num-actions", type=int, default=10)
+    p.add_argument("--json", default=None)
+    return p
+
+
+def build_single_mode(a: argparse.Namespace):
+    """``(step, loss)`` of ``a.mode`` at ``a``'s shape and threads over a 20k-transition buffer."""
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    _quiet_warnings()
+    bargs = parse_args(["--batch-size", str(a.batch_size), "--hidden", str(a.hidden),
+                        "--num-actions", str(a.num_actions), "--dataset-size", "20000"])
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    rb = make_replay_buffer(bargs.dataset_size, a.batch_size, device, 0)
+    return build_ours(a.mode, bargs, device, rb)
 
 
 def _fmt(x, spec=".2f", none="n/a"):

@@ -18,7 +18,6 @@ update -- and reports:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -30,7 +29,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_update  # noqa: E402  (sibling script)
+import bench_update  # noqa: E402 (a sibling script, importable once its folder is on sys.path)
 
 PHASES = ("sample", "zero_grad", "loss forward", "backward", "optimizer step", "target update")
 MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::baddbmm_", "aten::addbmm", "aten::addmm_",
@@ -39,7 +38,7 @@ KINDS = ("critic penalty matmuls", "critic penalty element-wise", "other matmuls
          "other element-wise & kernels")
 
 
-def phased_step(update, rb, times: dict[str, list[float]] | None = None) -> None:
+def phased_step(update, sample, times: dict[str, list[float]] | None = None) -> None:
     """``UpdateStep.__call__``'s operations, one labelled phase at a time."""
     from cql_modules.train.update import LOSS_KEYS
 
@@ -51,7 +50,7 @@ def phased_step(update, rb, times: dict[str, list[float]] | None = None) -> None
             times[name].append(time.perf_counter() - t0)
         return out
 
-    batch = run("sample", rb.sample)
+    batch = run("sample", sample)
     run("zero_grad", lambda: update.optimizer.zero_grad(set_to_none=True))
     out = run("loss forward", lambda: update.loss(batch))
     total = sum(out[k] for k in LOSS_KEYS if k in out.keys())
@@ -78,38 +77,23 @@ def _kind(evt, phase: str, min_penalty_rows: int) -> str:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--mode", default="eager", help=f"one of {list(bench_update.OUR_MODES)}")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--num-actions", type=int, default=10)
-    p.add_argument("--json", default=None)
-    a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    bench_update._quiet_warnings()
-    bargs = bench_update.parse_args(["--batch-size", str(a.batch_size), "--hidden", str(a.hidden),
-                                     "--num-actions", str(a.num_actions), "--dataset-size", "20000"])
+    a = bench_update.single_mode_parser(__doc__).parse_args(argv)
+    step, _ = bench_update.build_single_mode(a)
     device = torch.device("cpu")
-    torch.manual_seed(0)
-    rb = bench_update.make_replay_buffer(bargs.dataset_size, a.batch_size, device, 0)
-    step, _ = bench_update.build_ours(a.mode, bargs, device, rb)
     update = step.update
     for _ in range(3):
-        phased_step(update, rb)
+        phased_step(update, step.sample)
 
     times: dict[str, list[float]] = defaultdict(list)
     t0 = time.perf_counter()
     for _ in range(a.steps):
-        phased_step(update, rb, times)
+        phased_step(update, step.sample, times)
     step_ms = 1e3 * (time.perf_counter() - t0) / a.steps
     wall = {ph: 1e3 * statistics.median(times[ph]) for ph in PHASES}
 
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(a.steps):
-            phased_step(update, rb)
+            phased_step(update, step.sample)
     min_penalty_rows = 2 * a.batch_size + 1
     by = {ph: defaultdict(float) for ph in PHASES}
     prof_phase = defaultdict(float)

@@ -235,3 +235,18 @@ def test_default_block_rows_from_l2():
     caches = cpu_cache_bytes()
     assert all(isinstance(v, int) and v > 0 for v in caches.values())
     assert default_block_rows(256, 2) >= 64
+
+
+def test_profile_and_block_scripts_tiny(tmp_path):
+    tiny = ["--threads", "1", "--steps", "1", "--batch-size", "8", "--hidden", "16", "--num-actions", "2"]
+    threads = torch.get_num_threads()
+    try:
+        prof = _load("profile_update").main([*tiny, "--json", str(tmp_path / "p.json")])
+        blocks = _load("bench_block_rows").main([*tiny, "--rounds", "1", "--rows", "31,62"])
+    finally:
+        torch.set_num_threads(threads)
+    phases = {r["phase"]: r for r in prof["phases"]}
+    assert set(phases) == set(_load("profile_update").PHASES)
+    assert phases["loss forward"]["critic penalty matmuls"] > 0 and prof["total"]["wall_ms"] > 0
+    assert {31, 62, blocks["default_block_rows"]} == set(blocks["rates"])
+    assert json.loads((tmp_path / "p.json").read_text())["mode"] == "eager"
