@@ -62,6 +62,15 @@ def test_fused_critic_sum_reduction_and_upstream_scale():
     _compare(loss, make_batch(B=9), scale=0.37)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_fused_critic_with_priority_weights(reduction):
+    """Importance weights of prioritized replay shape the fused gradient like autograd's."""
+    loss = make_loss(reduction=reduction, calibrated=True)
+    td = make_batch(B=11)
+    td["priority_weight"] = torch.linspace(0.2, 3.0, 11)
+    _compare(loss, td, block_rows=4 * (1 + 3 * loss.num_actions))
+
+
 def test_fused_critic_is_chosen_where_it_applies():
     loss = make_loss()
     inputs = [torch.zeros(2, 3)]
