@@ -202,3 +202,16 @@ def test_resume_config_rules(recipe):
     old.network.width = 3  # a field this version does not have
     with pytest.raises(ResumeConfigError, match="does not fit this version's schema"):
         resume_config(old, requested, [])
+
+
+def test_case9_the_library_refuses_unknown_keys_too():
+    from hydra import compose, initialize_config_dir
+
+    from cql_modules.train.config import ConfigError, OfflineConfig, validate_config
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("offline_cql", overrides=["+loss.cql_alph=5"])
+    with pytest.raises(ConfigError, match=r"loss\.cql_alph \(did you mean loss\.cql_alpha\?\)"):
+        validate_config(cfg, check_dataset=False)
+    with pytest.raises(ConfigError, match=r"netwrk \(did you mean network\?\)"):  # a plain dict, checked by schema
+        validate_config({"netwrk": {"hidden_dim": 8}}, OfflineConfig, check_dataset=False)

@@ -29,7 +29,6 @@ The traceback of an expected error is printed only with ``HYDRA_FULL_ERROR=1``.
 """
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import logging
@@ -40,13 +39,13 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cql_modules._io import atomic_write
+from cql_modules.train.config import ConfigError, check_keys
 from cql_modules.train.state import (
     CheckpointError,
     find_checkpoint,
@@ -56,7 +55,7 @@ from cql_modules.train.state import (
 log = logging.getLogger(__name__)
 
 __all__ = ["EXIT_CODES", "Preempted", "RunDirError", "EnvironmentProblem", "ResumeConfigError",
-           "guarded", "check_device", "unknown_keys", "resume_config", "holds_run", "RUN_CONFIG_FILE",
+           "guarded", "check_device", "resume_config", "holds_run", "RUN_CONFIG_FILE",
            "RESUMABLE_FIELDS", "preemption_signals"]
 
 EXIT_CODES = {"config": 2, "data": 3, "checkpoint": 4, "environment": 5, "run_dir": 6, "diverged": 7,
@@ -105,31 +104,6 @@ def check_device(device: str) -> None:
                                      "use device=cuda:0 or device=auto")
     elif device == "mps" and not torch.backends.mps.is_available():
         raise EnvironmentProblem("device=mps: MPS is not available on this machine; use device=cpu or device=auto")
-
-
-def unknown_keys(cfg: Any) -> list[str]:
-    """Keys of a composed config that its structured schema does not have (Hydra lets
-    ``+key=value`` add them), each with the closest known key: ``["loss.cql_alph (did you
-    mean loss.cql_alpha?)"]``."""
-    from omegaconf import DictConfig, OmegaConf
-
-    found: list[str] = []
-
-    def walk(node: Any, prefix: str) -> None:
-        schema = OmegaConf.get_type(node)
-        known = OmegaConf.structured(schema).keys() if is_dataclass(schema) else None
-        for key in node:
-            name = f"{prefix}{key}"
-            if known is not None and key not in known:
-                close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
-                found.append(name + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
-                continue
-            child = node._get_node(key)  # the node itself: a DictConfig keeps its schema type
-            if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
-                walk(child, f"{name}.")
-
-    walk(cfg, "")
-    return found
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -230,7 +204,6 @@ class preemption_signals:
 def _error_class(err: BaseException) -> str | None:
     """The exit-code class of an expected error, None for an unexpected one."""
     from cql_modules.data import DatasetError
-    from cql_modules.train.config import ConfigError
 
     if isinstance(err, RunDirError):
         return "run_dir"
@@ -276,10 +249,7 @@ def guarded(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
         ckpt_subdir = str(OmegaConf.select(cfg, "checkpoint.dir", default="checkpoints"))
         fresh = not holds_run(run_dir, ckpt_subdir)
         try:
-            bad = unknown_keys(cfg)
-            if bad:
-                raise ResumeConfigError(f"unknown config key(s): {', '.join(bad)}; check the spelling "
-                                        "(python <recipe> --cfg job lists every key)")
+            check_keys(cfg)  # before anything else (validate_config checks them again)
             check_device(str(cfg.device))
             changes: dict[str, tuple] = {}
             if not fresh:

@@ -8,6 +8,7 @@ command line with the constructor's own default (one source of defaults).
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 import re
@@ -31,6 +32,8 @@ __all__ = [
     "OfflineConfig",
     "register_configs",
     "validate_config",
+    "unknown_keys",
+    "check_keys",
     "check_cql_learner",
     "loss_fields",
     "config_to_dict",
@@ -175,12 +178,50 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+def unknown_keys(cfg: Any, schema: type | None = None) -> list[str]:
+    """Keys of ``cfg`` (a ``DictConfig`` or dict) that ``schema`` (default: the config's own
+    structured type) does not have, each with the closest known key, e.g. ``["loss.cql_alph
+    (did you mean loss.cql_alpha?)"]``. Hydra lets ``+key=value`` add such keys to a typed
+    config, and a merge into the schema would drop them without a word."""
+    from omegaconf import DictConfig, OmegaConf
+
+    found: list[str] = []
+
+    def walk(node: Any, ref: Any, prefix: str) -> None:
+        if not is_dataclass(OmegaConf.get_type(ref)):
+            return  # a dict- or Any-typed field takes any key
+        for key in node:
+            if key not in ref:
+                close = difflib.get_close_matches(str(key), [str(k) for k in ref], n=1)
+                found.append(f"{prefix}{key}" + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
+                continue
+            child, ref_child = node._get_node(key), ref._get_node(key)  # nodes keep their schema type
+            if isinstance(child, DictConfig) and isinstance(ref_child, DictConfig) \
+                    and not child._is_none() and not ref_child._is_none() and not ref_child._is_missing():
+                walk(child, ref_child, f"{prefix}{key}.")
+
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    schema = schema or OmegaConf.get_type(node)
+    if is_dataclass(schema):
+        walk(node, OmegaConf.structured(schema), "")
+    return found
+
+
+def check_keys(cfg: Any, schema: type | None = None) -> None:
+    """Raise :class:`ConfigError` listing the :func:`unknown_keys` of ``cfg``, if any."""
+    unknown = unknown_keys(cfg, schema)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; check the spelling "
+                          "(python <recipe> --cfg job lists every key)")
+
+
 def _to_object(cfg: Any, schema: type) -> Any:
     if is_dataclass(cfg) and not isinstance(cfg, type):
         return cfg
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    check_keys(cfg, schema)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
         return OmegaConf.to_object(merged)
