@@ -108,17 +108,11 @@ def check_device(device: str) -> None:
 
 # ----------------------------------------------------------------------------- run directory
 def holds_run(run_dir: Path, ckpt_subdir: str = "checkpoints") -> bool:
-    """A run lives in ``run_dir``: its config, a checkpoint, logged metrics or a final summary."""
+    """A run lives in ``run_dir``: its config, a checkpoint, logged metrics or a final summary
+    (the ``failed`` summary of a run that never started does not count)."""
     summary = run_dir / "summary.json"
-    if summary.is_file():
-        try:
-            if json.loads(summary.read_text()).get("status") != "failed":
-                return True
-        except (OSError, ValueError):
-            return True
-    metrics = run_dir / "metrics.jsonl"
-    return ((run_dir / RUN_CONFIG_FILE).is_file() or find_checkpoint(run_dir, subdir=ckpt_subdir) is not None
-            or (metrics.is_file() and metrics.stat().st_size > 0))
+    return ((run_dir / RUN_CONFIG_FILE).is_file() or _has_results(run_dir, ckpt_subdir)
+            or (summary.is_file() and _status(run_dir) != "failed"))
 
 
 def _explicit_keys(overrides: list[str]) -> list[str]:
@@ -280,7 +274,7 @@ def guarded(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
         except Exception as err:
             # A new run records its failure; a resume leaves the run's files as they were.
             kind = _error_class(err)
-            if not fresh or not _has_results(run_dir):
+            if not fresh or not _has_results(run_dir, ckpt_subdir):
                 _restore(run_config, before)
             if fresh:
                 from cql_modules.train.run_logger import record_failure
@@ -310,15 +304,20 @@ def _saved_config(run_dir: Path, ckpt_subdir: str) -> Any:
 
 
 def _status(run_dir: Path) -> str | None:
+    """``summary.json``'s status; None if absent, "unreadable" if it cannot be read."""
     try:
         return json.loads((run_dir / "summary.json").read_text()).get("status")
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError, AttributeError):
+        return "unreadable"
 
 
-def _has_results(run_dir: Path) -> bool:
+def _has_results(run_dir: Path, ckpt_subdir: str = "checkpoints") -> bool:
+    """A checkpoint or logged metrics."""
     metrics = run_dir / "metrics.jsonl"
-    return find_checkpoint(run_dir) is not None or (metrics.is_file() and metrics.stat().st_size > 0)
+    logged = metrics.is_file() and metrics.stat().st_size > 0
+    return logged or find_checkpoint(run_dir, subdir=ckpt_subdir) is not None
 
 
 def _restore(path: Path, content: bytes | None) -> None:
