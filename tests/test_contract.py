@@ -133,8 +133,7 @@ class LossContract:
         for key, value in per_sample.items():
             assert torch.allclose(weighted[key], (w * value).sum() / w.sum(), **TOL), key
             assert torch.allclose(weighted_none[key], w * value, **TOL), key
-        ignoring = self.make_loss(config)
-        ignoring.use_prioritized_weights = False
+        ignoring = self.make_loss(config, use_prioritized_weights=False)
         plain = _losses(self.run(ignoring, batch.clone()))
         for key, value in per_sample.items():
             assert torch.allclose(plain[key], value.mean(), **TOL), key

@@ -262,6 +262,7 @@ def test_last_good_state_keeps_a_snapshot():
 LOSS_OVERRIDES = {  # a valid non-default command-line value for the arguments a rule below cannot make
     "loss_function": "l1", "reduction": "sum", "target_entropy": -1.5, "critic_compute_dtype": "bfloat16",
     "fused_critic": False, "clip_diff_min": -100.0, "clip_diff_max": 100.0, "gamma": 0.5,
+    "use_prioritized_weights": False,
 }
 
 

@@ -122,8 +122,7 @@ class CQLLoss(LossModule):
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-sample losses of the
             batch shape). Importance weights of prioritized replay (key
             ``priority_weight``, TorchRL's convention) weight the per-sample losses:
-            ``sum(w l) / sum(w)``, ``sum(w l)`` or ``w l``; set
-            ``loss.use_prioritized_weights = False`` to ignore them.
+            ``sum(w l) / sum(w)``, ``sum(w l)`` or ``w l``.
         critic_compute_dtype: optional lower precision (``torch.bfloat16`` or
             ``"bfloat16"``) for the critic ensemble's hidden layers, where nearly all
             FLOPs are. Master weights, gradients, the last layer and every loss formula
@@ -136,6 +135,9 @@ class CQLLoss(LossModule):
             applies. It steps aside (plain autograd) whenever the critic's inputs require
             a gradient (e.g. a shared encoder in front of the critic) and under
             ``torch.compile``, so it never changes a result.
+        use_prioritized_weights: as in TorchRL's losses: ``"auto"`` or ``True`` reads the
+            importance weights (``priority_weight``) when the batch has them, ``False``
+            ignores them.
 
     The output holds ``loss_actor``, ``loss_qvalue``, ``loss_alpha`` (and
     ``loss_alpha_prime`` with ``lagrange``), to be summed and back-propagated once, plus
@@ -228,6 +230,7 @@ class CQLLoss(LossModule):
         reduction: str = "mean",
         critic_compute_dtype: torch.dtype | str | None = None,
         fused_critic: bool | None = None,
+        use_prioritized_weights: str | bool = "auto",
     ) -> None:
         super().__init__()
         if num_qvalue_nets < 1:
@@ -319,6 +322,7 @@ class CQLLoss(LossModule):
                 raise ValueError("critic_compute_dtype must name a torch float dtype, e.g. 'bfloat16'")
         self.critic_compute_dtype = critic_compute_dtype
         self.fused_critic = fused_critic
+        self.use_prioritized_weights = use_prioritized_weights
         # rows per block of the fused critic pass: activations of a block stay in L2
         self.fused_block_rows = 2048
         # Optimizer updates counted so far (BC warm-up); a buffer so that it is checkpointed.
