@@ -833,6 +833,10 @@ def _main(args: argparse.Namespace) -> dict:
             rec[f"ratio_vs_{key}_paired_rounds"] = pairs
             for stat, fn in (("median", statistics.median), ("min", min), ("max", max)):
                 rec[f"ratio_vs_{key}_paired_{stat}"] = fn(pairs) if pairs else None
+            # the same from updates per CPU-second (contention-robust at 1 thread)
+            cpu_pairs = [u / v for u, v in zip(rec["updates_per_cpu_s_rounds"], ref["updates_per_cpu_s_rounds"])
+                         if u and v] if ref else []
+            rec[f"ratio_vs_{key}_cpu_paired_median"] = statistics.median(cpu_pairs) if cpu_pairs else None
         rec["gflops_per_s"] = med * rec["reference_flops"] / 1e9 if med else None
         rec["gflops_per_s_evaluated"] = med * rec["evaluated_flops"] / 1e9 if med else None
         for key in PEAK_DTYPES:
@@ -885,8 +889,11 @@ def _main(args: argparse.Namespace) -> dict:
     print(f"batch sampling alone: {result['sampling_ms_median']:.2f} ms; glibc allocator tuned by UpdateStep "
           f"(opt-in, process-wide): {machine['glibc_allocator_tuned']}")
     if machine["torch_threads"] == 1:
-        print("updates per CPU-second of this process (1 thread: time descheduled by others not counted): " + ", ".join(
-            f"{r['name']} {_fmt(r.get('updates_per_cpu_s_median'))}" for r in records if r["status"] == "ok"))
+        print("updates per CPU-second of this process (1 thread: time descheduled by others not counted), paired "
+              "ratios vs CORL-structured / torchrl: " + ", ".join(
+                  f"{r['name']} {_fmt(r.get('updates_per_cpu_s_median'))} "
+                  f"({_fmt(r.get('ratio_vs_corl_cpu_paired_median'))}x / "
+                  f"{_fmt(r.get('ratio_vs_torchrl_cql_cpu_paired_median'))}x)" for r in records if r["status"] == "ok"))
     loads = [f for r in records for f in r["foreign_load_rounds"] if f is not None]
     busy = sum(f >= args.quiet_load for f in loads)
     if busy:
