@@ -21,14 +21,15 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["DeterministicPolicy", "load_actor", "policy_from_checkpoint", "export_policy", "load_policy", "FORMATS"]
+__all__ = ["FORMATS", "DeterministicPolicy", "export_policy", "load_actor", "load_policy", "policy_from_checkpoint"]
 
 FORMATS = ("torchscript", "onnx")
 METADATA_FILE = "policy.json"  # TorchScript extra file / ONNX metadata key

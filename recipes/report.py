@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         path = write_report(args.dirs, args.out, reference=None if args.reference == "none" else args.reference,
                             reps=args.reps, seed=args.seed,
                             command=shlex.join(["python", "recipes/report.py", *argv]))
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ModuleNotFoundError, ValueError) as err:
         print(f"report.py: error: {err}", file=sys.stderr)
         return 2
     print(f"report written to {path}")

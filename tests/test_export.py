@@ -2,6 +2,8 @@
 dataset's normalization, and play a full episode in the real environment."""
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 
@@ -9,12 +11,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from run_fixtures import minari_root, tiny_finetune_run, tiny_run  # noqa: F401  (fixtures)
 from tensordict import TensorDict
+from tiny_runs import load_recipe, run_recipe
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from cql_modules.export import FORMATS, export_policy, load_actor, load_policy
 from cql_modules.train.state import load_checkpoint, save_checkpoint
+
+pytest_plugins = ("run_fixtures",)  # minari_root, tiny_run, tiny_finetune_run
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +76,8 @@ def test_torchscript_file_runs_without_this_package(tiny_run, tmp_path):
     path = export_policy(tiny_run, tmp_path / "policy.pt")
     code = ("import sys, torch; sys.modules['cql_modules'] = None; m = torch.jit.load(sys.argv[1]); "
             "print(tuple(m(torch.zeros(4, 3)).shape))")
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120,
+                         check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(4, 1)"
 
@@ -85,30 +90,14 @@ def test_bad_inputs(tiny_run, tmp_path):
 
 
 # ----------------------------------------------------------------------------- recipes/evaluate.py
-def load_evaluate_recipe():
-    import importlib.util
-
-    from run_fixtures import ROOT
-
-    spec = importlib.util.spec_from_file_location("evaluate_recipe", ROOT / "recipes" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_evaluate_appends_to_the_summary(tiny_run, tmp_path):
     """The real command line; the run's own seeds: episode 0 repeats its last evaluation."""
-    import json
-    import shutil
-
-    from run_fixtures import run_recipe
-
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir)
     before = json.loads((run_dir / "summary.json").read_text())
     out = run_recipe(str(run_dir), "eval.n_episodes=3", cwd=tmp_path, recipe="evaluate.py")
     assert out.stdout.strip().splitlines()[-1].startswith("3 episodes at update 8: normalized_score ")
-    load_evaluate_recipe().main([str(run_dir / "checkpoints" / "last.pt"), "eval.n_episodes=2", "num_threads=1"])
+    load_recipe("evaluate").main([str(run_dir / "checkpoints" / "last.pt"), "eval.n_episodes=2", "num_threads=1"])
 
     after = json.loads((run_dir / "summary.json").read_text())
     extra = after.pop("reevaluations")
@@ -122,12 +111,9 @@ def test_evaluate_appends_to_the_summary(tiny_run, tmp_path):
 
 def test_evaluate_a_fine_tuning_run(tiny_finetune_run, tmp_path, capsys):
     """Its own schema (online fields); the final policy: episode 0 repeats the last evaluation."""
-    import json
-    import shutil
-
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_finetune_run, run_dir)
-    assert load_evaluate_recipe().main([str(run_dir), "eval.n_episodes=2"]) == 0
+    assert load_recipe("evaluate").main([str(run_dir), "eval.n_episodes=2"]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     (record,) = summary["reevaluations"]
     assert record["step"] == 12 and record["returns"][0] == pytest.approx(summary["final_return"], rel=1e-6)
@@ -140,6 +126,6 @@ def test_evaluate_a_fine_tuning_run(tiny_finetune_run, tmp_path, capsys):
 ])
 def test_evaluate_errors_are_one_line(tiny_run, tmp_path, capsys, args, message):
     argv = [a.format(run=tiny_run, missing=tmp_path / "nothing") for a in args]
-    assert load_evaluate_recipe().main(argv) == 2
+    assert load_recipe("evaluate").main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err

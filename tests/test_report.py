@@ -9,9 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from run_fixtures import DATASET, minari_root, run_recipe, tiny_finetune_run, tiny_overrides  # noqa: F401
+from tiny_runs import DATASET, run_recipe, tiny_overrides
 
-from cql_modules.report import Group, Run, aggregate, domain_of, read_reference, write_report
+from cql_modules.report import (
+    Group,
+    Run,
+    aggregate,
+    domain_of,
+    read_reference,
+    write_report,
+)
+
+pytest_plugins = ("run_fixtures",)  # minari_root, tiny_run, tiny_finetune_run
 
 
 def write_run(path: Path, dataset: str, seed: int, finals: list[float], *, status: str = "completed",
@@ -21,8 +30,7 @@ def write_run(path: Path, dataset: str, seed: int, finals: list[float], *, statu
     path.mkdir(parents=True)
     steps = [1000 * (i + 1) for i in range(len(finals))]
     with open(path / "metrics.jsonl", "w") as f:
-        for step, score in zip(steps, finals):
-            f.write(json.dumps({"step": step, "loss_qvalue": 1.0, "d4rl_normalized_score": score}) + "\n")
+        f.writelines(json.dumps({"step": step, "loss_qvalue": 1.0, "d4rl_normalized_score": score}) + "\n" for step, score in zip(steps, finals))
     if summary:
         data = {"status": status, "message": None if status == "completed" else f"{status} at update 1000",
                 "dataset": dataset, "seed": seed, "updates": steps[-1],

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
-from run_fixtures import minari_root, run_recipe, tiny_overrides  # noqa: F401
+from tiny_runs import run_recipe, tiny_overrides
+
+pytest_plugins = ("run_fixtures",)  # minari_root, tiny_run, tiny_finetune_run
 
 
 def test_two_job_multirun_through_submitit_local(minari_root, tmp_path):
