@@ -1,0 +1,78 @@
+"""Compare fine-tuning variants (e.g. CQL vs Cal-QL) over seeds from their run directories.
+
+    python tools/finetune_compare.py multirun/finetune_cql/<time> [more dirs] --out docs/pointmaze
+
+Per variant (the config fields that differ between the runs, as ``recipes/report.py``
+groups them), mean +- std over seeds of: the score at the end of the offline phase, the
+final score, the initial dip (the offline score minus the lowest score of the evaluations
+in the first ``--window`` online updates, 0 if none is lower), CORL's training regret
+(mean of 1 - success over the online training episodes) and the evaluation regret (mean of
+1 - clip(score / 100, 0, 1) over the online evaluations). Writes ``finetune_table.md`` and
+the learning curves (seed bands, the phase boundary dotted) with ``cql_modules.report``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from cql_modules.report import SCORE_KEY, find_runs, group_runs, plot_curves
+
+
+def dip(run, window: int) -> float | None:
+    boundary, offline = run.get("offline_updates"), run.get("offline_normalized_score")
+    if boundary is None or offline is None:
+        return None
+    early = [r[SCORE_KEY] for r in run.records
+             if SCORE_KEY in r and boundary < r["step"] <= boundary + window]
+    return max(0.0, offline - min(early)) if early else None
+
+
+def mean_std(values) -> str:
+    v = np.array([x for x in values if x is not None], dtype=float)
+    if v.size == 0:
+        return "n/a"
+    return f"{v.mean():.1f} +- {v.std(ddof=1):.1f}" if v.size > 1 else f"{v.mean():.1f}"
+
+
+def table(groups, window: int) -> str:
+    header = ["variant", "seeds", "offline score", "final score", f"dip (first {window} online updates)",
+              "train regret", "eval regret", "wall (min)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for g in groups:
+        runs = g.runs
+        lines.append("| " + " | ".join([
+            g.variant, str(len(runs)),
+            mean_std(r.get("offline_normalized_score") for r in runs),
+            mean_std(r.get("final_normalized_score") for r in runs),
+            mean_std(dip(r, window) for r in runs),
+            mean_std(r.get("train_regret") for r in runs),
+            mean_std(r.get("eval_regret") for r in runs),
+            mean_std((r.get("wall_time_s") or 0) / 60 for r in runs),
+        ]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="+")
+    parser.add_argument("--out", default=".")
+    parser.add_argument("--window", type=int, default=2000, help="online updates in which the dip is looked for")
+    args = parser.parse_args(argv)
+    runs = find_runs(args.dirs)
+    groups = group_runs(runs)
+    not_done = [r for r in runs if not r.completed]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = table(groups, args.window)
+    if not_done:
+        text += "\nnot averaged: " + ", ".join(f"{r.path.name} ({r.status})" for r in not_done) + "\n"
+    (out / "finetune_table.md").write_text(text)
+    print(text, end="")
+    for path in plot_curves(groups, out).values():
+        print(f"curves: {path}")
+
+
+if __name__ == "__main__":
+    main()
