@@ -26,7 +26,7 @@ from cql_modules.export import load_actor
 from cql_modules.train.build import load_data, make_eval_env, setup_run
 from cql_modules.train.config import ConfigError, OfflineConfig, validate_config
 from cql_modules.train.evaluation import env_success_keys, evaluate
-from cql_modules.train.run_logger import SUMMARY_FILE, write_json
+from cql_modules.train.run_logger import REEVALUATIONS, SUMMARY_FILE, write_json
 from cql_modules.train.state import CheckpointError
 
 ALLOWED = ("eval.n_episodes", "eval.seed_offset", "eval.max_episode_steps", "device", "num_threads")
@@ -68,7 +68,7 @@ def reevaluate(target: str, overrides: list[str]) -> dict:
         "return_mean": result.return_mean, "return_std": result.return_std,
         "success_rate": result.success_rate, "returns": result.returns,
     }
-    summary.setdefault("reevaluations", []).append(record)
+    summary.setdefault(REEVALUATIONS, []).append(record)
     write_json(summary, summary_path)
     return record
 

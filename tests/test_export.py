@@ -129,3 +129,14 @@ def test_evaluate_errors_are_one_line(tiny_run, tmp_path, capsys, args, message)
     assert load_recipe("evaluate").main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_a_rewritten_summary_keeps_its_reevaluations(tmp_path):
+    """A resumed run rewrites summary.json: the recipes/evaluate.py results stay."""
+    from cql_modules.train.run_logger import RunLogger
+
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "preempted", "reevaluations": [{"n_episodes": 100}]}))
+    with RunLogger(tmp_path, []) as run_logger:
+        run_logger.write_summary({"status": "completed", "updates": 10})
+    assert json.loads((tmp_path / "summary.json").read_text()) == {
+        "status": "completed", "updates": 10, "reevaluations": [{"n_episodes": 100}]}

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from cql_modules.train.run_logger import METRICS_FILE, SUMMARY_FILE, read_metrics
+from cql_modules.train.run_logger import METRICS_FILE, REEVALUATIONS, SUMMARY_FILE, read_metrics
 
 __all__ = ["BOOKKEEPING", "Group", "Run", "domain_of", "find_runs", "group_runs", "variant_keys"]
 
@@ -58,7 +58,7 @@ class Run:
     @property
     def reevaluation(self) -> dict[str, Any] | None:
         """The last ``recipes/evaluate.py`` result of the run, if any."""
-        found = (self.summary or {}).get("reevaluations") or []
+        found = (self.summary or {}).get(REEVALUATIONS) or []
         return found[-1] if found else None
 
     def get(self, key: str) -> float | None:

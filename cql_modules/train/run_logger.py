@@ -25,6 +25,7 @@ __all__ = ["RunLogger", "read_metrics", "write_json", "plot_learning_curve", "re
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CURVE_FILE = "learning_curve.png"
+REEVALUATIONS = "reevaluations"  #: summary.json's list of recipes/evaluate.py results, kept across rewrites
 
 
 def _json_default(obj: Any) -> Any:
@@ -273,7 +274,16 @@ class RunLogger:
 
     # -------------------------------------------------------------- run files
     def write_summary(self, summary: dict[str, Any]) -> Path:
-        path = write_json(summary, self.run_dir / SUMMARY_FILE)
+        """Write ``summary.json``, keeping the :data:`REEVALUATIONS` of the one it replaces."""
+        previous = self.run_dir / SUMMARY_FILE
+        if REEVALUATIONS not in summary and previous.is_file():
+            try:
+                kept = json.loads(previous.read_text()).get(REEVALUATIONS)
+            except (OSError, ValueError, AttributeError):
+                kept = None
+            if kept:
+                summary = {**summary, REEVALUATIONS: kept}
+        path = write_json(summary, previous)
         if "wandb" in self.loggers:
             run = self.loggers["wandb"].experiment
             for k, v in summary.items():
