@@ -250,3 +250,12 @@ def test_profile_and_block_scripts_tiny(tmp_path):
     assert phases["loss forward"]["critic penalty matmuls"] > 0 and prof["total"]["wall_ms"] > 0
     assert {31, 62, blocks["default_block_rows"]} == set(blocks["rates"])
     assert json.loads((tmp_path / "p.json").read_text())["mode"] == "eager"
+
+
+def test_layer_layouts_tiny():
+    threads = torch.get_num_threads()
+    try:
+        res = _load("bench_layer_layouts").main(["--rows", "8", "--width", "4", "--trials", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert len(res[8]) == 5 and all(v > 0 for v in res[8].values())
