@@ -1,6 +1,8 @@
 """Full-episode evaluation with the deterministic policy, normalized scores, regret."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from tensordict import TensorDict
 from torchrl.envs import GymWrapper
 
 from cql_modules import bounded_action_spec, make_actor
-from cql_modules.data import DatasetError, normalized_score
+from cql_modules.data import DatasetError, normalized_score, reference_scores
 from cql_modules.train.evaluation import EvalResult, evaluate, regret, score_regret
 
 
@@ -119,6 +121,10 @@ def test_normalized_score_and_regret():
     np.testing.assert_allclose(normalized_score((0.0, 10.0), [0.0, 5.0]), [0.0, 50.0])
     with pytest.raises(DatasetError, match="ref_max_score"):
         normalized_score((1.0, 1.0), 1.0)
+    no_refs = SimpleNamespace(name="no-refs", ref_min_score=None, ref_max_score=None)
+    assert reference_scores(no_refs, required=False) is None
+    with pytest.raises(DatasetError, match="no reference scores"):
+        reference_scores(no_refs)
     assert regret([1, 0, 1, 1]) == pytest.approx(0.25)
     assert score_regret([50.0, 100.0]) == pytest.approx(0.25)
     assert score_regret([-50.0, 150.0]) == pytest.approx(0.5)

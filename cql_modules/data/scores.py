@@ -10,8 +10,9 @@ from .d4rl import D4RL_DATASETS
 from .errors import DatasetError
 
 
-def reference_scores(dataset: Any) -> tuple[float, float]:
-    """(ref_min_score, ref_max_score) of a dataset.
+def reference_scores(dataset: Any, *, required: bool = True) -> tuple[float, float] | None:
+    """(ref_min_score, ref_max_score) of a dataset; a dataset without them raises
+    :class:`DatasetError`, or gives None with ``required=False``.
 
     ``dataset`` is a :class:`~cql_modules.data.DatasetInfo` (its stored refs; read by duck typing,
     as ``info.py`` uses this module), a D4RL name (the D4RL table), a
@@ -29,6 +30,8 @@ def reference_scores(dataset: Any) -> tuple[float, float]:
 
         metadata = open_minari(dataset).storage.metadata
         refs, name = (metadata.get("ref_min_score"), metadata.get("ref_max_score")), dataset
+    if (refs[0] is None or refs[1] is None) and not required:
+        return None
     if refs[0] is None or refs[1] is None:
         raise DatasetError(f"dataset '{name}' has no reference scores (ref_min_score/ref_max_score)")
     if not refs[1] > refs[0]:

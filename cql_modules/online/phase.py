@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from cql_modules.data.scores import reference_scores
 from cql_modules.online.config import FinetuneConfig
 from cql_modules.online.env import goal_reward_threshold, make_collector, make_online_env, mc_failure_reward
 from cql_modules.online.episodes import EpisodeWriter
@@ -43,6 +44,7 @@ class OnlinePhase(RunHooks):
         self.c, self.info, self.actor, self.loss, self.replay, self.device = c, info, actor, loss, replay, device
         self.n_offline = c.n_offline
         self.per_batch = c.online.frames_per_batch * c.online.utd_ratio
+        self.refs = reference_scores(info, required=False)
         self.progress = OnlineProgress()
         self.offline_score: float | None = None
         self.collector = self.batches = self.writer = None
@@ -86,7 +88,7 @@ class OnlinePhase(RunHooks):
     def metrics(self, step: int) -> dict[str, float]:
         m = {"train/online": float(self.online(step - 1)), "train/cql_alpha": self.loss.cql_alpha}
         if self.online(step - 1):
-            m.update(self.progress.metrics(self._refs))
+            m.update(self.progress.metrics(self.refs))
             m["train/online_rows"] = float(self.replay.num_online)
         return m
 
@@ -96,11 +98,6 @@ class OnlinePhase(RunHooks):
         if step == self.n_offline:
             self.offline_score = result.score
         return self.progress.add_eval(result.normalized_mean, result.success_rate) if online else {}
-
-    @property
-    def _refs(self) -> tuple[float, float] | None:
-        info = self.info
-        return (info.ref_min_score, info.ref_max_score) if info.ref_min_score is not None else None
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -130,11 +127,11 @@ class OnlinePhase(RunHooks):
         return {
             "offline_updates": self.n_offline,
             "online_updates": max(0, summary["updates"] - self.n_offline),
-            "offline_normalized_score": self.offline_score if self._refs else None,
+            "offline_normalized_score": self.offline_score if self.refs else None,
             "online_env_steps": self.progress.env_steps,
             "online_episodes": self.progress.episodes,
             "eval_regret": score_regret(online_scores, clip=True) if online_scores else None,
-            "train_regret": self.progress.metrics(self._refs).get("train/regret"),
+            "train_regret": self.progress.metrics(self.refs).get("train/regret"),
         }
 
     def plot(self, engine: RunEngine, summary: dict[str, Any]) -> dict[str, Any]:

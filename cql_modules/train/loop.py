@@ -28,6 +28,7 @@ import torch
 from tensordict import TensorDictBase
 from tqdm.auto import tqdm
 
+from cql_modules.data.scores import reference_scores
 from cql_modules.train.build import make_eval_env
 from cql_modules.train.cli import Preempted
 from cql_modules.train.config import ConfigError, config_to_dict
@@ -138,7 +139,7 @@ class RunEngine:
         self.actor, self.loss, self.update = actor, loss, update
         self.sample, self.replay_buffer, self.device = sample, replay_buffer, torch.device(device)
         self.hooks = hooks or RunHooks()
-        self.refs = (info.ref_min_score, info.ref_max_score) if info.ref_min_score is not None else None
+        self.refs = reference_scores(info, required=False)
         self.eval_env = make_eval_env(c, info, self.device)
         self.success_keys = env_success_keys(info) if self.eval_env is not None else ()
         self.checkpoint_path = self.run_dir / c.checkpoint.dir / CHECKPOINT_FILE
