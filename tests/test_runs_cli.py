@@ -215,3 +215,17 @@ def test_case9_the_library_refuses_unknown_keys_too():
         validate_config(cfg, check_dataset=False)
     with pytest.raises(ConfigError, match=r"netwrk \(did you mean network\?\)"):  # a plain dict, checked by schema
         validate_config({"netwrk": {"hidden_dim": 8}}, OfflineConfig, check_dataset=False)
+
+
+def test_ctrl_c_saves_and_exits_130(cli, tmp_path, monkeypatch):
+    from cql_modules.train.loop import RunEngine
+
+    def ctrl_c(engine, n):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunEngine, "updates", ctrl_c)
+    run_dir = tmp_path / "run"
+    code, err = cli(*SHORT, f"hydra.run.dir={run_dir}")
+    assert code == EXIT_CODES["interrupted"] and summary(run_dir)["status"] == "interrupted"
+    assert err[-1].startswith("interrupted: rerun the same command with resume=true")
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 0

@@ -268,7 +268,7 @@ def guarded(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
             return result
         except KeyboardInterrupt as err:
             code = EXIT_CODES["preempted" if isinstance(err, Preempted) else "interrupted"]
-            print(f"{err or 'interrupted'}: rerun the same command with resume=true hydra.run.dir={run_dir} "
+            print(f"{str(err) or 'interrupted'}: rerun the same command with resume=true hydra.run.dir={run_dir} "
                   "to continue", file=sys.stderr)
             sys.exit(code)  # a sweep stops too: the signal was for the whole process
         except Exception as err:
