@@ -55,10 +55,16 @@ def main(argv=None) -> None:
     p.add_argument("--only", default=None, help="comma-separated subset of: 2t,1t,blocks-2t,blocks-1t,profile-1t")
     p.add_argument("--max-load", type=float, default=0.5)
     p.add_argument("--wait-minutes", type=float, default=0.0, help="how long to wait for a quiet machine")
+    p.add_argument("--dry-run", action="store_true", help="print the commands only")
     a = p.parse_args(argv)
     todo = jobs(a.name or cpu_slug())
     if a.only:
         todo = {k: v for k, v in todo.items() if k in a.only.split(",")}
+    if a.dry_run:
+        for cmd in todo.values():
+            print(f"python benchmarks/{cmd[0]} " + " ".join(str(Path(c).relative_to(HERE.parent)) if c.startswith("/")
+                                                             else c for c in cmd[1:]))
+        return
     deadline = time.time() + 60 * a.wait_minutes
     for key, cmd in todo.items():
         while os.getloadavg()[0] > a.max_load and time.time() < deadline:

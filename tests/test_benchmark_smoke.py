@@ -259,3 +259,10 @@ def test_layer_layouts_tiny():
     finally:
         torch.set_num_threads(threads)
     assert len(res[8]) == 5 and all(v > 0 for v in res[8].values())
+
+
+def test_cpu_suite_commands(capsys):
+    _load("cpu_suite").main(["--dry-run", "--name", "some-cpu", "--only", "2t,1t"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "--threads 2" in lines[0] and "--threads 1" in lines[1]
+    assert lines[0].endswith("--json benchmarks/results/some-cpu-2t.json") and "corl-structured" in lines[0]
