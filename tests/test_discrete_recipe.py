@@ -154,3 +154,15 @@ def test_documented_command_line(minari_root, tmp_path):
                           f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and "optim.tau: must be in (0, 1]" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_every_discrete_preset_composes_and_validates(recipe):
+    presets = sorted(str(p.relative_to(ROOT / "configs" / "discrete_dataset").with_suffix(""))
+                     for p in (ROOT / "configs" / "discrete_dataset").rglob("*.yaml"))
+    assert len(presets) >= 4
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        for p in presets:
+            c = recipe.validate_config(compose("discrete_cql", overrides=[f"discrete_dataset={p}"]),
+                                       recipe.DiscreteConfig, check_dataset=False,
+                                       learner_checks=recipe.check_discrete_learner)
+            assert c.dataset.name == p, p

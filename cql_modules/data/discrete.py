@@ -1,21 +1,22 @@
-"""The embedded discrete-action dataset, ``cql-modules/cartpole/mixed-v0``, built locally.
+"""The embedded discrete-action datasets, built locally (``cql-modules/cartpole/*``).
 
 Built by :func:`build_cartpole_dataset` on first use (``load_dataset(CARTPOLE_DATASET_ID)``),
 with no network, into minari's root, through the same collector and Minari writer as the
-Pendulum dataset (:mod:`.collect`):
+Pendulum dataset (:mod:`.collect`), in gymnasium ``CartPole-v1`` (4-d observation,
+``Discrete(2)`` actions, +1 per step, terminated when the pole falls, truncated at 500 steps).
+``ref_max_score`` is the scripted controller :func:`~cql_modules.data.behaviour.cartpole_balance`
+(return 500), ``ref_min_score`` the uniform random policy (about 20); both are measured at build
+time over 50 episodes and stored in the dataset metadata. Seed 0;
+``build_cartpole_dataset(dataset_id, overwrite=True)`` rebuilds one and returns the numbers below:
 
-* environment: gymnasium ``CartPole-v1`` (4-d observation, ``Discrete(2)`` actions, +1 per
-  step, terminated when the pole falls, truncated at 500 steps);
-* ``ref_max_score``: the scripted controller
-  :func:`~cql_modules.data.behaviour.cartpole_balance` (return 500);
-  ``ref_min_score``: the uniform random policy (about 22); both measured at build time over
-  50 episodes and stored in the dataset metadata;
-* behaviour (a medium-replay-like mixture, see :func:`cartpole_behaviour`): uniform random
-  episodes and the scripted controller with 40 %, 55 % and 70 % epsilon-random actions:
-  200 episodes, 23.2k transitions, mean return 116.0 (random 20.4, scripted 500), i.e. a
-  behaviour normalized score of 19.9 (seed 0; ``python -m cql_modules.data.discrete``
-  rebuilds it and prints these numbers);
-* build time about 20 s on the shared 2-core CPU.
+* ``cql-modules/cartpole/mixed-v0`` (the default, :func:`cartpole_behaviour`): 20 % uniform random
+  episodes, the rest the scripted controller with 40 %, 55 % and 70 % epsilon-random actions;
+  200 episodes, 23.2k transitions, mean return 116.0 (random 20.4), behaviour normalized score
+  19.9; about 20 s to build on the shared 2-core CPU;
+* ``cql-modules/cartpole/expert-v0``: 20 episodes of the scripted controller alone (10k
+  transitions, score 100). The data never show the other action, the case where a plain
+  (double) DQN's over-estimation of unseen actions diverges and CQL does not
+  (docs/discrete_cql.md, section 5).
 
 Actions are stored as integers (Minari's ``Discrete`` space); :func:`~cql_modules.data.load_dataset`
 puts them in the replay buffer as ``int64`` of shape ``[N]`` (TorchRL's ``Categorical``
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import sys
+from functools import partial
 
 import numpy as np
 
@@ -33,6 +35,7 @@ from .collect import LOCAL_BUILDERS, BehaviourSpec, build_minari_dataset
 from .minari_source import is_local_minari, minari_root
 
 CARTPOLE_DATASET_ID = "cql-modules/cartpole/mixed-v0"
+CARTPOLE_EXPERT_DATASET_ID = "cql-modules/cartpole/expert-v0"
 CARTPOLE_ENV_ID = "CartPole-v1"
 
 
@@ -49,40 +52,48 @@ def cartpole_behaviour(episodes: int = 200) -> list[BehaviourSpec]:
     ]
 
 
+#: id -> (behaviour mixture, default number of episodes, description)
+CARTPOLE_DATASETS = {
+    CARTPOLE_DATASET_ID: (cartpole_behaviour, 200, "mixture of random and epsilon-random scripted episodes"),
+    CARTPOLE_EXPERT_DATASET_ID: (lambda n: [BehaviourSpec("scripted", n)], 20, "scripted balancing episodes only"),
+}
+
+
 def build_cartpole_dataset(
     dataset_id: str = CARTPOLE_DATASET_ID,
     *,
-    episodes: int = 200,
+    episodes: int | None = None,
     reference_episodes: int = 50,
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Build the CartPole dataset (module docstring); smaller with ``episodes``."""
+    """Build one of :data:`CARTPOLE_DATASETS` (module docstring); smaller with ``episodes``."""
+    behaviour, default_episodes, description = CARTPOLE_DATASETS[dataset_id]
     return build_minari_dataset(
         dataset_id,
         CARTPOLE_ENV_ID,
-        cartpole_behaviour(episodes),
+        behaviour(episodes or default_episodes),
         reference_policy="scripted",
         reference_episodes=reference_episodes,
         seed=seed,
         overwrite=overwrite,
         progress=progress,
-        description="CartPole-v1, mixture of random and epsilon-random scripted balancing episodes "
-        "(cql_modules.data.discrete.build_cartpole_dataset).",
+        description=f"CartPole-v1, {description} (cql_modules.data.discrete.build_cartpole_dataset).",
     )
 
 
-def ensure_cartpole_dataset(progress: bool = True) -> str:
-    """Build :data:`CARTPOLE_DATASET_ID` if it is not in minari's root yet; return its id."""
-    if not is_local_minari(CARTPOLE_DATASET_ID):
+def ensure_cartpole_dataset(dataset_id: str = CARTPOLE_DATASET_ID, progress: bool = True) -> str:
+    """Build ``dataset_id`` if it is not in minari's root yet; return it."""
+    if not is_local_minari(dataset_id):
         if progress:
-            print(f"building {CARTPOLE_DATASET_ID} under {minari_root()} (first use, seconds)", file=sys.stderr)
-        build_cartpole_dataset(progress=progress)
-    return CARTPOLE_DATASET_ID
+            print(f"building {dataset_id} under {minari_root()} (first use, seconds)", file=sys.stderr)
+        build_cartpole_dataset(dataset_id, progress=progress)
+    return dataset_id
 
 
-LOCAL_BUILDERS[CARTPOLE_DATASET_ID] = ensure_cartpole_dataset
+for _id in CARTPOLE_DATASETS:
+    LOCAL_BUILDERS[_id] = partial(ensure_cartpole_dataset, _id)
 
 
 def minigrid_shortest_path(env) -> list[int] | None:
@@ -137,6 +148,3 @@ def measure_minigrid_references(env_id: str = "MiniGrid-FourRooms-v0", episodes:
                 total, done, t = total + reward, terminated or truncated, t + 1
         returns[name] = total / episodes
     return returns
-
-if __name__ == "__main__":  # rebuild and print the measured numbers
-    print(build_cartpole_dataset(overwrite=True, progress=False))
