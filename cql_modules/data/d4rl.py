@@ -13,8 +13,6 @@ unknown, is dropped. With ``next_observations`` every row is kept.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .._io import atomic_write
 from .errors import DatasetError, DatasetNotFoundError
 from .transitions import Transitions
 
@@ -111,21 +110,15 @@ def _download(url: str, path: Path) -> None:
     """Download to a temporary file in the cache, then move it into place atomically."""
     from tqdm.auto import tqdm
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+        with atomic_write(path, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             total = int(response.headers.get("Content-Length", 0)) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {path.name}") as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
-        shutil.move(tmp, path)
     except OSError as err:  # URLError and socket errors are OSErrors
         raise DatasetNotFoundError(f"could not download {url} to {path}: {err}") from err
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 _REQUIRED = ("observations", "actions", "rewards", "terminals")
