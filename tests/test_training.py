@@ -2,6 +2,7 @@
 NaN/inf guard, RNG capture/restore, atomic checkpoints and exact resume."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -317,3 +318,104 @@ def test_every_loss_argument_is_reachable_from_the_recipe_config_with_the_same_d
     with pytest.raises(Stop):
         build.build_learner(validate_config(cfg, check_dataset=False), info)
     assert received == overrides
+
+
+# ----------------------------------------------------------------------------- the run engine
+class CountingHooks:
+    """RunHooks that record what the engine asks of them."""
+
+    name = "counting"
+
+    def __init__(self):
+        self.intervals, self.saved, self.loaded, self.closed = [], [], None, 0
+
+    def updates(self, engine, n):
+        self.intervals.append((engine.update.n_steps, n))
+        engine.updates(n)
+
+    def metrics(self, step):
+        return {"hook/step": float(step)}
+
+    def on_evaluation(self, step, result, record):
+        return {}
+
+    def state_dict(self):
+        return {"intervals": list(self.intervals)}
+
+    def load_state_dict(self, state, checkpoint_dir):
+        self.loaded = state
+
+    def save(self, state, checkpoint_dir):
+        self.saved.append(state["intervals"][-1][0] + state["intervals"][-1][1])
+
+    def summary(self, summary):
+        return {"hook_intervals": len(self.intervals)}
+
+    def plot(self, engine, summary):
+        return {"title": "test"}
+
+    def final_line(self, summary):
+        return "done"
+
+    def close(self):
+        self.closed += 1
+
+
+def _engine(tmp_path, hooks, **changes):
+    from types import SimpleNamespace
+
+    import gymnasium as gym
+
+    from cql_modules.train.loop import RunEngine
+
+    c = validate_config({"logger": {"every": 4, "backends": [], "progress": False}, "eval": {"every": 0},
+                         "checkpoint": {"every": 8}, **changes}, check_dataset=False)
+    info = SimpleNamespace(name="test", num_transitions=64, normalizer=None, reward_modification=None,
+                           ref_min_score=None, ref_max_score=None, behaviour_score=None, episodes=None,
+                           sparse_reward=False, observation_space=gym.spaces.Box(-1, 1, (3,)),
+                           action_space=gym.spaces.Box(-1, 1, (2,)))
+    loss, update = make_agent()
+    rb = make_buffer()
+    return RunEngine(c, tmp_path, info, loss.actor_network, loss, update, sample=rb.sample, replay_buffer=rb,
+                     hooks=hooks)
+
+
+def test_engine_intervals_boundaries_hooks_and_resume(tmp_path, capsys):
+    """Intervals end at logging steps and at a phase boundary; the hooks' metrics are logged,
+    their state checkpointed (their files first) and given back on resume."""
+    from cql_modules.train.run_logger import read_metrics
+
+    hooks = CountingHooks()
+    summary = _engine(tmp_path, hooks).run(10, boundaries=(6,)).finish()
+    assert hooks.intervals == [(0, 4), (4, 2), (6, 2), (8, 2)]  # 4 | boundary 6 | 8 | total 10
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [4, 6, 8, 10]
+    assert all(r["hook/step"] == r["step"] for r in read_metrics(tmp_path / "metrics.jsonl"))
+    assert hooks.saved == [6, 8, 10] and hooks.closed == 1  # boundary, checkpoint.every, end
+    assert summary["status"] == "completed" and summary["hook_intervals"] == 4 and summary["updates"] == 10
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "done"
+
+    again = CountingHooks()
+    engine = _engine(tmp_path, again, resume=True)
+    assert engine.update.n_steps == 10 and again.loaded == {"intervals": hooks.intervals}
+    engine.run_logger.close()
+
+
+def test_engine_keeps_the_last_good_state_on_preemption(tmp_path, capsys):
+    import signal
+
+    from cql_modules.train.cli import Preempted
+
+    class PreemptedInSecondInterval(CountingHooks):
+        def updates(self, engine, n):
+            if engine.update.n_steps == 4:
+                engine.updates(1)
+                raise Preempted(signal.SIGTERM)
+            super().updates(engine, n)
+
+    engine = _engine(tmp_path, PreemptedInSecondInterval())
+    with pytest.raises(Preempted):
+        engine.run(8).finish()
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert state["step"] == 4 and summary["status"] == "preempted" and summary["updates"] == 4
+    assert "preempted after update 5; last good state (update 4)" in capsys.readouterr().err
