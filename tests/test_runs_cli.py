@@ -110,6 +110,17 @@ def test_case5_a_new_run_never_overwrites_a_run(cli, done):
     assert snapshot(done) == before and load_checkpoint(done / "checkpoints" / "last.pt")["step"] == 4
 
 
+def test_case5_a_run_dir_in_use_by_another_process_is_refused(cli, done):
+    import fcntl
+
+    before = snapshot(done)
+    with open(done / ".lock", "a") as lock:  # what a running launch holds
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, err = cli("resume=true", f"hydra.run.dir={done}", "num_updates=6")
+    assert code == EXIT_CODES["run_dir"] and len(err) == 1 and "in use by another process" in err[0], err
+    assert snapshot(done) == before
+
+
 def test_case6_resume_without_a_checkpoint_starts_clean_and_logs_each_step_once(cli, tmp_path):
     run_dir = tmp_path / "run"
     assert cli(*SHORT, "logger.backends=[csv]", f"hydra.run.dir={run_dir}")[0] == 0

@@ -18,7 +18,8 @@ Exit codes (README, "Runs and failures"):
 3     data problem (unknown dataset, invalid ``dataset.*`` value, unreadable / invalid data)
 4     checkpoint problem (corrupt and no previous one, other data)
 5     environment problem (device not available, package missing)
-6     run directory already holds a run (use ``resume=true`` or a new dir)
+6     run directory already holds a run (use ``resume=true`` or a new dir), or another
+      process is running in it
 7     training diverged (NaN/inf; the last good state is saved)
 75    preempted (SIGTERM / SIGUSR1; state saved): requeue with ``resume=true``
       (75 is ``EX_TEMPFAIL`` of sysexits.h: "temporary failure, retry")
@@ -232,64 +233,99 @@ def guarded(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
     @functools.wraps(task)
     def wrapper(cfg: Any) -> Any:
         from hydra.core.hydra_config import HydraConfig
-        from omegaconf import OmegaConf
 
         _Started.count += 1
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
         single = hydra_cfg.mode.name == "RUN"
-        run_config = run_dir / RUN_CONFIG_FILE
-        before = run_config.read_bytes() if run_config.is_file() else None
-        ckpt_subdir = str(OmegaConf.select(cfg, "checkpoint.dir", default="checkpoints"))
-        fresh = not holds_run(run_dir, ckpt_subdir)
         try:
-            check_keys(cfg)  # before anything else (validate_config checks them again)
-            check_device(str(cfg.device))
-            changes: dict[str, tuple] = {}
-            if not fresh:
-                if not cfg.resume:
-                    raise RunDirError(f"{run_dir} already holds a run; continue it with resume=true, or choose "
-                                      "a new hydra.run.dir")
-                saved = _saved_config(run_dir, ckpt_subdir)
-                if saved is not None:
-                    cfg, changes = resume_config(saved, cfg, _explicit_keys(list(hydra_cfg.overrides.task)))
-            with atomic_write(run_config) as f:
-                f.write(OmegaConf.to_yaml(cfg, resolve=True))
-            with open(run_dir / LAUNCHES_FILE, "a") as f:
-                f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "resume": bool(cfg.resume),
-                                    "overrides": list(hydra_cfg.overrides.task),
-                                    "changed": {k: list(v) for k, v in changes.items()}}) + "\n")
-            for k, (a, b) in changes.items():
-                log.info("resume: %s %r -> %r", k, a, b)
-            with preemption_signals():
-                result = task(cfg)
-            if single and _status(run_dir) == "diverged":
-                sys.exit(EXIT_CODES["diverged"])
-            return result
-        except KeyboardInterrupt as err:
-            code = EXIT_CODES["preempted" if isinstance(err, Preempted) else "interrupted"]
-            print(f"{str(err) or 'interrupted'}: rerun the same command with resume=true hydra.run.dir={run_dir} "
-                  "to continue", file=sys.stderr)
-            sys.exit(code)  # a sweep stops too: the signal was for the whole process
-        except Exception as err:
-            # A new run records its failure; a resume leaves the run's files as they were.
-            kind = _error_class(err)
-            if not fresh or not _has_results(run_dir, ckpt_subdir):
-                _restore(run_config, before)
-            if fresh:
-                from cql_modules.train.run_logger import record_failure
-
-                record_failure(run_dir, _one_line(kind or "unexpected", err), cfg)
-            if kind is None:
-                raise
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                traceback.print_exc()
-            print(_one_line(kind, err), file=sys.stderr)
+            lock = _lock(run_dir)
+        except RunDirError as err:  # another process runs here: touch nothing
+            print(_one_line("run_dir", err), file=sys.stderr)
             if single:
-                sys.exit(EXIT_CODES[kind])
+                sys.exit(EXIT_CODES["run_dir"])
             return None
+        try:
+            return _launch(task, cfg, hydra_cfg, run_dir, single)
+        finally:
+            if lock is not None:
+                lock.close()
 
     return wrapper
+
+
+def _lock(run_dir: Path) -> Any:
+    """An exclusive lock on ``run_dir`` for this process's lifetime (released by the OS even on
+    ``kill -9``); :class:`RunDirError` if another process holds it. None where ``fcntl`` is missing."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / ".lock", "a")  # noqa: SIM115  (held open: the lock lives as long as the file)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RunDirError(f"{run_dir} is in use by another process; wait for it to end, or choose a new "
+                          "hydra.run.dir") from None
+    return handle
+
+
+def _launch(task: Callable[[Any], Any], cfg: Any, hydra_cfg: Any, run_dir: Path, single: bool) -> Any:
+    """:func:`guarded`'s work once it holds the run directory."""
+    from omegaconf import OmegaConf
+
+    run_config = run_dir / RUN_CONFIG_FILE
+    before = run_config.read_bytes() if run_config.is_file() else None
+    ckpt_subdir = str(OmegaConf.select(cfg, "checkpoint.dir", default="checkpoints"))
+    fresh = not holds_run(run_dir, ckpt_subdir)
+    try:
+        check_keys(cfg)  # before anything else (validate_config checks them again)
+        check_device(str(cfg.device))
+        changes: dict[str, tuple] = {}
+        if not fresh:
+            if not cfg.resume:
+                raise RunDirError(f"{run_dir} already holds a run; continue it with resume=true, or choose "
+                                  "a new hydra.run.dir")
+            saved = _saved_config(run_dir, ckpt_subdir)
+            if saved is not None:
+                cfg, changes = resume_config(saved, cfg, _explicit_keys(list(hydra_cfg.overrides.task)))
+        with atomic_write(run_config) as f:
+            f.write(OmegaConf.to_yaml(cfg, resolve=True))
+        with open(run_dir / LAUNCHES_FILE, "a") as f:
+            f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "resume": bool(cfg.resume),
+                                "overrides": list(hydra_cfg.overrides.task),
+                                "changed": {k: list(v) for k, v in changes.items()}}) + "\n")
+        for k, (a, b) in changes.items():
+            log.info("resume: %s %r -> %r", k, a, b)
+        with preemption_signals():
+            result = task(cfg)
+        if single and _status(run_dir) == "diverged":
+            sys.exit(EXIT_CODES["diverged"])
+        return result
+    except KeyboardInterrupt as err:
+        code = EXIT_CODES["preempted" if isinstance(err, Preempted) else "interrupted"]
+        print(f"{str(err) or 'interrupted'}: rerun the same command with resume=true hydra.run.dir={run_dir} "
+              "to continue", file=sys.stderr)
+        sys.exit(code)  # a sweep stops too: the signal was for the whole process
+    except Exception as err:
+        # A new run records its failure; a resume leaves the run's files as they were.
+        kind = _error_class(err)
+        if not fresh or not _has_results(run_dir, ckpt_subdir):
+            _restore(run_config, before)
+        if fresh:
+            from cql_modules.train.run_logger import record_failure
+
+            record_failure(run_dir, _one_line(kind or "unexpected", err), cfg)
+        if kind is None:
+            raise
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            traceback.print_exc()
+        print(_one_line(kind, err), file=sys.stderr)
+        if single:
+            sys.exit(EXIT_CODES[kind])
+        return None
 
 
 def _saved_config(run_dir: Path, ckpt_subdir: str) -> Any:
