@@ -19,7 +19,8 @@ class DatasetInfo:
         name: the id, D4RL name or path it was loaded from.
         source: ``"minari"`` or ``"d4rl"`` (an HDF5 file in D4RL layout).
         observation_space / action_space: gymnasium ``Box`` spaces of the stored data (raw,
-            i.e. before state normalization; a Minari ``Dict`` space is flattened).
+            i.e. before state normalization; a Minari ``Dict`` space is flattened); the
+            action space may also be ``Discrete``.
         env_id: gymnasium id of the environment to evaluate in (None if there is none).
         env_spec: full gymnasium ``EnvSpec`` (Minari datasets) or None; ``make_env`` prefers it.
         flatten_observation: the stored observations were a flattened ``Dict`` (goal envs).

@@ -3,7 +3,7 @@
 A sampled batch is a ``TensorDict`` with ``batch_size=[B]`` holding::
 
     observation                [B, obs_dim]  float32
-    action                     [B, act_dim]  float32
+    action                     [B, act_dim]  float32 (a Discrete action space: [B] int64, TorchRL's Categorical)
     ("next", "observation")    [B, obs_dim]  float32
     ("next", "reward")         [B, 1]        float32
     ("next", "done")           [B, 1]        bool    terminated | truncated (episode end)
