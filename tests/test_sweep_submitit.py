@@ -4,24 +4,68 @@ result pickles), with local processes instead of sbatch."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-from tiny_runs import run_recipe, tiny_overrides
+import pytest
+from tiny_runs import ROOT, tiny_overrides
 
 pytest_plugins = ("run_fixtures",)  # minari_root, tiny_run, tiny_finetune_run
 
 
-def test_two_job_multirun_through_submitit_local(minari_root, tmp_path):
+def submitit_task_of(sweep: Path, run_dir: Path) -> int:
+    """The pid of the submitit task process (``python -m submitit.core._submit``) of ``sweep``
+    running in ``run_dir``: the one holding the run's metrics.jsonl open."""
+    metrics = str(run_dir / "metrics.jsonl")
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if "submitit.core._submit" in cmdline and str(sweep) in cmdline and any(
+                    os.readlink(fd) == metrics for fd in (proc / "fd").iterdir()):
+                return int(proc.name)
+        except (OSError, ValueError):
+            continue
+    raise LookupError(f"no submitit task writes {metrics}")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the job's process through /proc")
+def test_two_job_sweep_through_submitit_with_a_preempted_job_requeued(minari_root, tmp_path):
+    """A real 2-job ``--multirun`` through ``submitit_local``; job 0 gets SIGUSR2 (the signal
+    submitit has SLURM send before a time limit or preemption) after its first checkpoint:
+    submitit's handler requeues it (the launcher's ``checkpoint``), it runs again in the same
+    run directory, and ``resume=true`` continues from its last checkpoint."""
     sweep = tmp_path / "sweep"
-    run_recipe("--multirun", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
-               "seed=0,1", *tiny_overrides(), f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    cmd = [sys.executable, str(ROOT / "recipes" / "offline_cql.py"), "--multirun", "hydra/launcher=submitit_local",
+           "hydra.launcher.timeout_min=10", "seed=0,1", "resume=true",
+           *tiny_overrides(num_updates=2000, **{"logger.every": 200, "checkpoint.every": 200, "eval.every": 2000}),
+           f"hydra.sweep.dir={sweep}"]
+    preempted = sweep / "0_seed0"
+    with subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as launcher:
+        deadline = time.monotonic() + 240
+        while not (preempted / "checkpoints" / "last.pt").is_file():  # job 0 has passed a checkpoint
+            assert launcher.poll() is None and time.monotonic() < deadline, launcher.stdout.read()[-3000:]
+            time.sleep(0.1)
+        os.kill(submitit_task_of(sweep, preempted), signal.SIGUSR2)
+        out, _ = launcher.communicate(timeout=240)
+    assert launcher.returncode == 0, out[-3000:]
+
     summaries = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
     assert sorted(summaries) == ["0_seed0", "1_seed1"]
-    assert all(s["status"] == "completed" and s["updates"] == 8 for s in summaries.values())
-    assert sorted(s["seed"] for s in summaries.values()) == [0, 1]
-    # each job ran as a submitit job: its own folder with the submitted and the result pickles
+    assert all(s["status"] == "completed" and s["updates"] == 2000 for s in summaries.values())
+    for name, launches in (("0_seed0", 2), ("1_seed1", 1)):  # job 0: its start and the requeued one
+        assert len((sweep / name / "launches.jsonl").read_text().splitlines()) == launches, name
+        steps = [json.loads(line)["step"] for line in (sweep / name / "metrics.jsonl").read_text().splitlines()]
+        assert steps == list(range(200, 2001, 200)), name  # no step twice, none missing
+    # each job ran as a submitit job: its folder holds the submitted and the result pickles, and the logs
     jobs = sorted(p for p in (sweep / ".submitit").iterdir() if p.name.isdigit())  # "%j": the submission
     assert len(jobs) == 2
     for job in jobs:
         names = sorted(p.name for p in job.iterdir())
         assert any(n.endswith("_submitted.pkl") for n in names) and any(n.endswith("_result.pkl") for n in names)
-        assert any(n.endswith("_log.out") for n in names), names
+    requeued = [job.name for job in jobs if any("Requeued job" in p.read_text() for p in job.glob("*_log.*"))]
+    assert len(requeued) == 1, requeued
