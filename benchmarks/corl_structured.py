@@ -101,6 +101,8 @@ class CORLStructuredCQL:
         """Alpha, policy and critic losses (scalars) of one batch, CORL's formulas and order."""
         new_actions, log_pi = self.actor(obs)
         alpha_loss = -(self.log_alpha * (log_pi + self.target_entropy).detach()).mean()
+        # detached: in CORL this gradient reaches log_alpha.grad only after the alpha step
+        # and is zeroed before the next one, so it changes nothing
         alpha = self.log_alpha.exp().detach()
         q_new = torch.min(self.q(self.critic_1, obs, new_actions), self.q(self.critic_2, obs, new_actions))
         policy_loss = (alpha * log_pi - q_new).mean()
