@@ -249,6 +249,9 @@ class RunEngine:
         if self.status != "completed":
             self.save(self.last_good.state)
             self.message += f"; last good state (update {self.last_good.step}) saved to {self.checkpoint_path}"
+            if self._stopped is not None:  # it may have come between logging an interval and keeping its state:
+                self.run_logger.rewind(self.last_good.step)  # the records end where the saved state does
+                self.history = self.last_good.state["extra"]["history"]
         return self
 
     # ------------------------------------------------------------------ the end
