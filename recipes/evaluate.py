@@ -9,7 +9,7 @@ appends the result to the ``reevaluations`` list of the run's summary.json (the 
 fields are never changed). Episode i starts from ``reset(seed=seed + eval.seed_offset + i)``,
 as in training: with the run's own ``eval.n_episodes`` the first episodes repeat its last
 evaluation. Allowed overrides: eval.n_episodes, eval.seed_offset, eval.max_episode_steps,
-device, num_threads. Errors are one line (exit code 2).
+num_threads (it runs on the CPU). Errors are one line (exit code 2).
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cql_modules.data import DatasetError
+from cql_modules.data.scores import reference_scores
 from cql_modules.export import load_actor
 from cql_modules.train.build import load_data, make_eval_env, setup_run
 from cql_modules.train.config import ConfigError, OfflineConfig, validate_config
@@ -29,7 +30,7 @@ from cql_modules.train.evaluation import env_success_keys, evaluate
 from cql_modules.train.run_logger import REEVALUATIONS, SUMMARY_FILE, write_json
 from cql_modules.train.state import CheckpointError
 
-ALLOWED = ("eval.n_episodes", "eval.seed_offset", "eval.max_episode_steps", "device", "num_threads")
+ALLOWED = ("eval.n_episodes", "eval.seed_offset", "eval.max_episode_steps", "num_threads")
 
 
 def reevaluate(target: str, overrides: list[str]) -> dict:
@@ -39,9 +40,11 @@ def reevaluate(target: str, overrides: list[str]) -> dict:
             raise ConfigError(f"{item}: not an allowed override (use {', '.join(k + '=...' for k in ALLOWED)})")
     actor, _, meta = load_actor(target)  # FileNotFoundError / CheckpointError name the path
     checkpoint = Path(meta["checkpoint"])
-    run_dir = checkpoint.parent.parent
+    run_dir = Path(target) if Path(target).is_dir() and (Path(target) / SUMMARY_FILE).is_file() \
+        else checkpoint.parent.parent  # <run dir>/checkpoints/<file>
     summary_path = run_dir / SUMMARY_FILE
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"no {SUMMARY_FILE} in {run_dir} to append the result to; pass the run directory")
     saved = meta["config"] or {}  # the config the checkpoint was trained with
     schema = OfflineConfig
     if "online" in saved:  # a fine-tuning run: its own schema
@@ -52,10 +55,11 @@ def reevaluate(target: str, overrides: list[str]) -> dict:
         raise ConfigError(str(err).splitlines()[0]) from err
     c = validate_config(cfg, schema)
     c.eval.every = c.eval.every or c.logger.every  # a run trained without evaluation is evaluated all the same
+    c.device = "cpu"  # the actor is loaded on the CPU, whatever the run trained on
     setup_run(c)
     _, info = load_data(c)
     env = make_eval_env(c, info)
-    refs = (info.ref_min_score, info.ref_max_score) if info.ref_min_score is not None else None
+    refs = reference_scores(info, required=False)
     seed = c.seed + c.eval.seed_offset
     result = evaluate(env, actor, c.eval.n_episodes, seed=seed, max_steps=c.eval.max_episode_steps,
                       ref_scores=refs, success_keys=env_success_keys(info))
@@ -68,6 +72,7 @@ def reevaluate(target: str, overrides: list[str]) -> dict:
         "return_mean": result.return_mean, "return_std": result.return_std,
         "success_rate": result.success_rate, "returns": result.returns,
     }
+    summary = json.loads(summary_path.read_text())  # read last: the run may have rewritten it meanwhile
     summary.setdefault(REEVALUATIONS, []).append(record)
     write_json(summary, summary_path)
     return record

@@ -131,6 +131,15 @@ def test_evaluate_errors_are_one_line(tiny_run, tmp_path, capsys, args, message)
     assert len(err) == 1 and message in err[0], err
 
 
+def test_evaluate_needs_the_runs_summary(tiny_run, tmp_path, capsys):
+    """A checkpoint copied out of its run: nothing to append to, one line, nothing written."""
+    (tmp_path / "elsewhere").mkdir()
+    lone = shutil.copy(tiny_run / "checkpoints" / "last.pt", tmp_path / "elsewhere" / "last.pt")
+    assert load_recipe("evaluate").main([str(lone)]) == 2
+    assert "no summary.json in" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["elsewhere", "last.pt"]
+
+
 def test_a_rewritten_summary_keeps_its_reevaluations(tmp_path):
     """A resumed run rewrites summary.json: the recipes/evaluate.py results stay."""
     from cql_modules.train.run_logger import RunLogger
