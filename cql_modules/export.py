@@ -80,15 +80,16 @@ def load_actor(run_dir_or_checkpoint: str | os.PathLike):
 
     state, path = _read_checkpoint(run_dir_or_checkpoint)
     loss_state, extra = state["loss"], state.get("extra", {})
-    net_cfg = extra.get("config", {}).get("network", {})
     prefix = "actor_network."
     actor_state = {k[len(prefix):]: v for k, v in loss_state.items() if k.startswith(prefix)}
     weights = [v for k, v in actor_state.items() if k.endswith(".weight")]
+    if not weights or "action_low" not in loss_state:
+        raise ValueError(f"{path} holds no continuous CQL actor (a discrete CQL run?); export_policy exports "
+                         "the tanh-Gaussian policies of recipes/offline_cql.py and recipes/finetune_cql.py")
     obs_dim = weights[0].shape[1]
     low, high = loss_state["action_low"], loss_state["action_high"]
     spec = bounded_action_spec(low.numel(), low, high)
-    actor = make_actor(obs_dim, spec, hidden_dim=weights[0].shape[0], n_hidden_layers=len(weights) - 1,
-                       orthogonal_init=net_cfg.get("orthogonal_init", True))
+    actor = make_actor(obs_dim, spec, hidden_dim=weights[0].shape[0], n_hidden_layers=len(weights) - 1)
     actor.load_state_dict(actor_state)
     actor.eval()
     normalizer_state = extra.get("data", {}).get("normalizer")

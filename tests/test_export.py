@@ -87,6 +87,10 @@ def test_bad_inputs(tiny_run, tmp_path):
         export_policy(tiny_run, tmp_path / "p", format="tflite")
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         export_policy(tmp_path / "nothing", tmp_path / "p")
+    state = load_checkpoint(tiny_run / "checkpoints" / "last.pt")
+    state["loss"] = {k: v for k, v in state["loss"].items() if not k.startswith("actor_network.")}
+    with pytest.raises(ValueError, match="holds no continuous CQL actor"):
+        export_policy(save_checkpoint(state, tmp_path / "no_actor.pt"), tmp_path / "p")
 
 
 # ----------------------------------------------------------------------------- recipes/evaluate.py
