@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from run_fixtures import ROOT, load_recipe, minari_root, tiny_overrides  # noqa: F401  (minari_root: a fixture)
+from tiny_runs import ROOT, load_recipe, tiny_overrides
 
 from cql_modules.train.cli import EXIT_CODES
 from cql_modules.train.run_logger import read_metrics
 from cql_modules.train.state import load_checkpoint, previous_checkpoint
+
+pytest_plugins = ("run_fixtures",)  # minari_root: the tiny dataset, once per session
 
 SHORT = tiny_overrides(num_updates=4, **{"logger.every": 2, "eval.every": 4, "checkpoint.every": 2})
 KEPT_FILES = ("summary.json", "learning_curve.png", "metrics.jsonl", "run_config.yaml", "checkpoints/last.pt")
@@ -26,7 +28,7 @@ def recipe():
 
 
 @pytest.fixture
-def cli(recipe, minari_root, monkeypatch, capsys):  # noqa: F811
+def cli(recipe, minari_root, monkeypatch, capsys):
     """``cli(*args)``: run ``python recipes/offline_cql.py *args`` in this process; returns
     ``(exit code, stderr lines)``."""
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)

@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 
 import torch
-from run_fixtures import ROOT, minari_root, tiny_overrides  # noqa: F401  (minari_root: a fixture)
+from tiny_runs import ROOT, tiny_overrides
 
 from cql_modules.train.cli import EXIT_CODES
 from cql_modules.train.run_logger import read_metrics
 from cql_modules.train.state import load_checkpoint
+
+pytest_plugins = ("run_fixtures",)  # minari_root: the tiny dataset, once per session
 
 N = 300  # updates of the fault-injection run; a few seconds of training
 LOGGED = {"logger.every": 10, "checkpoint.every": 30, "eval.every": 150, "logger.backends": "[csv,tensorboard]"}
@@ -79,7 +81,7 @@ def logged_steps(run_dir: Path) -> dict[str, list[int]]:
     return out
 
 
-def test_case3_sigterm_and_sigusr1_save_the_state_and_say_requeue(minari_root, tmp_path):  # noqa: F811
+def test_case3_sigterm_and_sigusr1_save_the_state_and_say_requeue(minari_root, tmp_path):
     run_dir = tmp_path / "run"
     overrides = tiny_overrides(num_updates=100_000, **{**LOGGED, "eval.every": 0})
     saved = 0
@@ -99,7 +101,7 @@ def test_case3_sigterm_and_sigusr1_save_the_state_and_say_requeue(minari_root, t
         assert steps == sorted(set(steps)) and steps[-1] == saved, name
 
 
-def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(minari_root, tmp_path):  # noqa: F811
+def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(minari_root, tmp_path):
     overrides = tiny_overrides(num_updates=N, **LOGGED)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     reference = start(straight, *overrides)

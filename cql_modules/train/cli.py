@@ -2,11 +2,8 @@
 resume from the run's own configuration, a run directory that is never overwritten, and
 preemption (SIGTERM / SIGUSR1) handled like Ctrl-C.
 
-A recipe puts :func:`guarded` under ``@hydra.main``::
-
-    @hydra.main(config_path="../configs", config_name="offline_cql", version_base="1.3")
-    @guarded
-    def main(cfg): ...
+A recipe gets all of it with ``main = hydra_entry(train, "offline_cql")``, or puts
+:func:`guarded` under its own ``@hydra.main``.
 
 Exit codes (README, "Runs and failures"):
 
