@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = ["tests/test_loss_formula.py", "tests/test_loss_defects.py", "tests/test_networks.py",
          "tests/test_fused_critic.py", "tests/test_contract.py"]
 TERMS, LOSS, FUSED = "cql_modules/objectives/terms.py", "cql_modules/objectives/cql.py", "cql_modules/objectives/fused.py"
+ENSEMBLE = "cql_modules/objectives/ensemble.py"
 muts = [
  # the terms (docs/cql.md, sections 2-5)
  (TERMS, "-(log_alpha * (log_prob + target_entropy).detach())", "-(log_alpha * (log_prob - target_entropy).detach())"),
@@ -36,7 +37,7 @@ muts = [
  (TERMS, "(gap - target_action_gap).detach().sum(0)", "(gap - target_action_gap).sum(0)"),
  (TERMS, "distance_loss(q_data, y.expand_as(q_data), loss_function)", "distance_loss(q_data, y.expand_as(q_data), 'l1')"),
  (TERMS, "q_policy = calibrate(q_policy, mc_return[:, None])", "q_policy = calibrate(q_policy, mc_return[:, None] - 1e3)"),
- # sampling, networks, reduction (cql.py)
+ # sampling, critic inputs, reduction (cql.py, ensemble.py)
  (LOSS, "return self.log_alpha.exp() * self.alpha_multiplier", "return self.log_alpha.exp()"),
  (LOSS, "self.log_alpha_prime.exp().clamp(0.0, 1e6)", "self.log_alpha_prime.exp().clamp(0.0, 2.0)"),
  (LOSS, "self.n_updates < self.bc_steps", "self.n_updates <= self.bc_steps"),
@@ -46,7 +47,7 @@ muts = [
  (LOSS, "a_next, a_cur = actions[:, 1, n_target:].detach()", "a_next, a_cur = actions[:, 0, n_target:].detach()"),
  (LOSS, "a_target=actions[:, 1, :n_target].detach()", "a_target=actions[:, 0, :n_target].detach()"),
  (LOSS, "[self.uniform_log_density.expand_as(lp_next), lp_next, lp_cur]", "[self.uniform_log_density.expand_as(lp_next), lp_cur, lp_next]"),
- (LOSS, "x[:, None].expand(*actions.shape[:2], x.shape[-1])", "x[:, None].expand(*actions.shape[:2], x.shape[-1]).flip(0)"),
+ (ENSEMBLE, "x[:, None].expand(*actions.shape[:2], x.shape[-1])", "x[:, None].expand(*actions.shape[:2], x.shape[-1]).flip(0)"),
  (LOSS, "-torch.log(high - low).sum()", "torch.log(high - low).sum()"),
  (LOSS, "weights = weights.reshape(B) if weights is not None else None", "weights = None"),
  (LOSS, "return weights / weights.sum() if self.reduction", "return weights / B if self.reduction"),

@@ -17,7 +17,6 @@ docs/cql.md, section 10):
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -29,39 +28,16 @@ from tensordict.utils import NestedKey, unravel_key
 from torch import nn
 from torch.distributions import Distribution
 from torchrl.objectives.common import LossModule
-from torchrl.objectives.utils import ValueEstimators, _reduce, _vmap_func
+from torchrl.objectives.utils import ValueEstimators, _reduce
 
-from cql_modules.modules import ensemble_mlp, is_relu_mlp
 from cql_modules.objectives import terms
-from cql_modules.objectives.fused import FusedCriticConfig, FusedCriticGrad
+from cql_modules.objectives.ensemble import (
+    CriticEnsembleMixin,
+    bounded_action_spec_of,
+    read_key,
+)
 
 __all__ = ["CQLLoss"]
-
-
-def _reinit(module: nn.Module) -> None:
-    """Re-draw a module's parameters with its own init (top-most ``reset_parameters``)."""
-    if callable(getattr(module, "reset_parameters", None)):
-        module.reset_parameters()
-        return
-    for child in module.children():
-        _reinit(child)
-
-
-def _bounded_spec(actor: TensorDictModuleBase, action_spec):
-    """The actor's bounded action spec: ``action_spec`` itself, or the one entry of the
-    actor's (composite) spec with finite bounds (its log-prob and loc/scale have none)."""
-    if action_spec is None:
-        action_spec = getattr(actor, "spec", None)
-        if action_spec is not None and hasattr(action_spec, "keys"):  # Composite keyed by out_keys
-            keys = action_spec.keys(True, True)
-            bounded = [k for k in actor.out_keys if k in keys and hasattr(getattr(action_spec[k], "space", None), "low")]
-            action_spec = action_spec[bounded[-1]] if bounded else None
-    if action_spec is None or not hasattr(getattr(action_spec, "space", None), "low"):
-        raise ValueError(
-            "CQLLoss needs a bounded action spec for its uniform proposal: pass action_spec=Bounded(...) "
-            "or build the actor with one (cql_modules.make_actor)"
-        )
-    return action_spec
 
 
 class _Samples(NamedTuple):
@@ -76,7 +52,7 @@ class _Samples(NamedTuple):
     log_density: torch.Tensor  # [B, 3N] their log-densities
 
 
-class CQLLoss(LossModule):
+class CQLLoss(CriticEnsembleMixin, LossModule):
     r"""Conservative Q-Learning loss (Kumar et al., 2020) with CORL's conventions.
 
     Computes, for one batch of transitions, the SAC actor and temperature losses and the
@@ -248,38 +224,10 @@ class CQLLoss(LossModule):
 
         self.actor_network = actor_network
 
-        # Critic ensemble: K independently initialised copies, stacked (also for K = 1).
-        if isinstance(qvalue_network, (list, tuple)):
-            critics = list(qvalue_network)
-            if len(critics) != num_qvalue_nets:
-                raise ValueError(
-                    f"got {len(critics)} critics but num_qvalue_nets={num_qvalue_nets}; "
-                    "pass one critic or exactly num_qvalue_nets of them"
-                )
-        else:
-            critics = [qvalue_network]
-            for _ in range(num_qvalue_nets - 1):
-                c = copy.deepcopy(qvalue_network)
-                _reinit(c)
-                critics.append(c)
-        if not isinstance(critics[0], TensorDictModuleBase):
-            raise TypeError(
-                "qvalue_network must be a TensorDictModuleBase (e.g. a ValueOperator from "
-                f"cql_modules.make_critic), got {type(critics[0]).__name__}"
-            )
-        self.convert_to_functional(critics, "qvalue_network", num_qvalue_nets, create_target_params=True)
-        self.num_qvalue_nets = num_qvalue_nets
-        # Fast path for plain ReLU MLP critics: explicit batched matmuls (ensemble_mlp).
-        self._fast_critic = isinstance(critics[0], TensorDictModule) and is_relu_mlp(getattr(critics[0], "module", None))
-        if self._fast_critic:
-            linear_idx = [str(i) for i, m in enumerate(critics[0].module.children()) if isinstance(m, nn.Linear)]
-            self._q_weight_keys = [("module", i, "weight") for i in linear_idx]
-            self._q_bias_keys = [("module", i, "bias") for i in linear_idx]
-        # Generic path, as TorchRL's SACLoss: the critic module vmapped over the stacked params.
-        self._vmap_critic = _vmap_func(self.qvalue_network, (None, 0), randomness=self.vmap_randomness)
+        self._setup_critic_ensemble(qvalue_network, num_qvalue_nets)
 
         # Action bounds (uniform proposal, target entropy).
-        action_spec = _bounded_spec(actor_network, action_spec)
+        action_spec = bounded_action_spec_of(actor_network, action_spec)
         low = torch.as_tensor(action_spec.space.low, dtype=torch.float32).reshape(-1)
         high = torch.as_tensor(action_spec.space.high, dtype=torch.float32).reshape(-1)
         if not torch.isfinite(low).all() or not torch.isfinite(high).all() or not (high > low).all():
@@ -346,7 +294,7 @@ class CQLLoss(LossModule):
         unsupported = {k: v for k, v in hyperparams.items() if k != "gamma" and not (k == "value_network" and v is None)}
         if value_type not in (None, ValueEstimators.TD0, TD0Estimator) or unsupported:
             raise ValueError(
-                "CQLLoss computes its own TD(0) target (docs/cql.md, section 4): make_value_estimator accepts "
+                f"{type(self).__name__} computes its own TD(0) target (docs/cql.md, section 4): make_value_estimator accepts "
                 "only ValueEstimators.TD0 / TD0Estimator and gamma=..., got "
                 f"value_type={value_type!r} with {sorted(unsupported) or 'no other'} hyper-parameters"
             )
@@ -416,7 +364,7 @@ class CQLLoss(LossModule):
         """One policy pass at s and s' and every action the loss needs (docs/cql.md, section 1)."""
         keys = self.actor_network.in_keys
         obs = TensorDict(
-            {k: torch.stack([_read(td, k), _read(td, unravel_key(("next", k)))]) for k in keys},
+            {k: torch.stack([read_key(td, k), read_key(td, unravel_key(("next", k)))]) for k in keys},
             batch_size=[2, td.shape[0]],
         )
         dist = self.actor_network.get_dist(obs)
@@ -438,55 +386,7 @@ class CQLLoss(LossModule):
             log_density=torch.cat([self.uniform_log_density.expand_as(lp_next), lp_next, lp_cur], dim=1),
         )
 
-    # ------------------------------------------------------------------ critics
-    def _critic_obs_keys(self) -> list[NestedKey]:
-        return [k for k in self.qvalue_network.in_keys if k != self.tensor_keys.action]
-
-    def _critic_inputs(self, td: TensorDictBase, actions: torch.Tensor, next_state: bool = False) -> list[torch.Tensor]:
-        """The critic's inputs in its ``in_keys`` order for ``actions`` ``[B, M, A]``: the
-        observations of ``td`` (batch ``[B]``, under ``"next"`` if ``next_state``)
-        broadcast to ``[B, M, *]``."""
-        inputs = []
-        for key in self.qvalue_network.in_keys:
-            if key == self.tensor_keys.action:
-                inputs.append(actions)
-            else:
-                x = _read(td, unravel_key(("next", key)) if next_state else key)
-                inputs.append(x[:, None].expand(*actions.shape[:2], x.shape[-1]))
-        return inputs
-
-    def _q_values(self, params: TensorDictBase, inputs: list[torch.Tensor]) -> torch.Tensor:
-        """All K critics on inputs ``[B, M, *]`` in one batched call -> ``[K, B, M]``."""
-        lead = inputs[0].shape[:-1]
-        if self._fast_critic:
-            x = torch.cat(inputs, dim=-1) if len(inputs) > 1 else inputs[0]
-            weights = [params.get(k) for k in self._q_weight_keys]
-            biases = [params.get(k) for k in self._q_bias_keys]
-            q = ensemble_mlp(weights, biases, x.reshape(-1, x.shape[-1]), self.critic_compute_dtype)
-            return q.reshape(-1, *lead)
-        critic_in = TensorDict(dict(zip(self.qvalue_network.in_keys, inputs)), batch_size=lead)
-        dtype = self.critic_compute_dtype
-        with torch.autocast(inputs[0].device.type, dtype=dtype, enabled=dtype is not None):
-            out = self._vmap_critic(critic_in, params)
-        q = out.get(self.tensor_keys.state_action_value, None)
-        if q is None:
-            raise KeyError(
-                f"CQLLoss: the critic wrote no {self.tensor_keys.state_action_value!r} (it wrote "
-                f"{sorted(map(str, out.keys(True, True)))}); name its output with loss.set_keys(state_action_value=...)"
-            )
-        return q.squeeze(-1).to(self.action_low.dtype)
-
-    def _use_fused_critic(self, inputs: list[torch.Tensor]) -> bool:
-        if self.fused_critic is False or not self._fast_critic or self.reduction == "none":
-            return False
-        # the fused pass forms parameter gradients only: critic inputs that need a gradient
-        # (a shared encoder in front of the critic) take the plain path
-        if not torch.is_grad_enabled() or any(x.requires_grad for x in inputs):
-            return False
-        if torch.compiler.is_compiling():  # inductor fuses the plain graph itself
-            return False
-        return self.fused_critic is True or self.action_low.device.type == "cpu"
-
+    # ------------------------------------------------------------------ critic options
     def _critic_options(self) -> terms.CriticLossOptions:
         # built per call: recipes switch options (e.g. calibration) between phases
         return terms.CriticLossOptions(
@@ -498,21 +398,6 @@ class CQLLoss(LossModule):
             cql_alpha=self.cql_alpha,
             target_action_gap=self.target_action_gap,
             loss_function=self.loss_function,
-        )
-
-    def _critic_q(self, td, actions, y, log_density, mc_return, alpha_prime, state_weight):
-        """Q of all K critics at the dataset action and the 3N proposals, one batched call,
-        ``[K, B, 1 + 3N]``; plus the fused path's gradient carrier (or None)."""
-        inputs = self._critic_inputs(td, actions)
-        params = self.qvalue_network_params
-        if not self._use_fused_critic(inputs):
-            return self._q_values(params, inputs), None
-        # same Q values; the critic gradient is formed block by block (fused.py)
-        x = torch.cat(inputs, dim=-1)
-        cfg = FusedCriticConfig(self._critic_options(), self.fused_block_rows, self.critic_compute_dtype)
-        return FusedCriticGrad.apply(
-            cfg, x.reshape(-1, x.shape[-1]), y, log_density, mc_return, alpha_prime, state_weight,
-            *[params.get(k) for k in self._q_weight_keys], *[params.get(k) for k in self._q_bias_keys],
         )
 
     def _bc_log_prob(self, dist, action: torch.Tensor) -> torch.Tensor:
@@ -527,7 +412,7 @@ class CQLLoss(LossModule):
         batch_shape = tensordict.batch_size
         td = tensordict.reshape(-1) if len(batch_shape) != 1 else tensordict
         keys = self.tensor_keys
-        action = _read(td, keys.action)
+        action = read_key(td, keys.action)
         B = action.shape[0]
         weights = self._maybe_get_priority_weight(td)
         weights = weights.reshape(B) if weights is not None else None
@@ -549,8 +434,8 @@ class CQLLoss(LossModule):
         with torch.no_grad():
             inputs = self._critic_inputs(td, smp.a_target, next_state=True)
             q_next = self._q_values(self.target_qvalue_network_params, inputs)
-            reward = _read(td, unravel_key(("next", keys.reward))).reshape(B)
-            terminated = _read(td, unravel_key(("next", keys.terminated))).reshape(B)
+            reward = read_key(td, unravel_key(("next", keys.reward))).reshape(B)
+            terminated = read_key(td, unravel_key(("next", keys.terminated))).reshape(B)
             y, v_next = terms.td_target(
                 reward, terminated, self.gamma,
                 q_next, smp.log_prob_target, alpha.detach(),
@@ -558,11 +443,12 @@ class CQLLoss(LossModule):
             )
 
         # critic: TD distance + conservative penalty, from one batched critic call
-        mc = _read(td, keys.mc_return).reshape(B).to(y.dtype) if self.calibrated else None
+        mc = read_key(td, keys.mc_return).reshape(B).to(y.dtype) if self.calibrated else None
         actions = torch.cat([action[:, None].to(smp.proposals.dtype), smp.proposals], dim=1)  # [B, 1+3N, A]
-        q, carrier = self._critic_q(td, actions, y, smp.log_density, mc, alpha_prime, self._state_weight(B, weights))
-        critic = terms.critic_loss_terms(q[..., 0], q[..., 1:], y, smp.log_density, mc, alpha_prime,
-                                         self._critic_options())
+        options = self._critic_options()
+        q, carrier = self._critic_q(td, actions, y, smp.log_density, mc, alpha_prime, self._state_weight(B, weights),
+                                    options)
+        critic = terms.critic_loss_terms(q[..., 0], q[..., 1:], y, smp.log_density, mc, alpha_prime, options)
         loss_qvalue = (critic.td + critic.penalty).sum(0)  # [B]
 
         # reduction, write-back and metrics
@@ -619,14 +505,3 @@ class CQLLoss(LossModule):
                 metrics[f"bound_rate_cql_q{i}_current_actions"] = (q_cur[k] < mc[:, None]).float().mean()
                 metrics[f"bound_rate_cql_q{i}_next_actions"] = (q_next[k] < mc[:, None]).float().mean()
         return {name: value.detach() for name, value in metrics.items()}
-
-
-def _read(td: TensorDictBase, key: NestedKey) -> torch.Tensor:
-    """``td[key]``, or a ``KeyError`` naming the missing key."""
-    value = td.get(key, None)
-    if value is None:
-        raise KeyError(
-            f"CQLLoss: the batch has no entry {unravel_key(key)!r} (present: {sorted(map(str, td.keys(True, True)))}); "
-            "add it or point the loss to yours with loss.set_keys(...)"
-        )
-    return value

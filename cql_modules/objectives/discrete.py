@@ -27,7 +27,8 @@ from torchrl.objectives.common import LossModule
 from torchrl.modules.tensordict_module.common import ensure_tensordict_compatible
 from torchrl.objectives.utils import _reduce, _vmap_func
 
-from cql_modules.objectives.cql import CQLLoss, _read, _reinit
+from cql_modules.objectives.cql import CQLLoss
+from cql_modules.objectives.ensemble import read_key, reinit_parameters
 from cql_modules.objectives.terms import alpha_prime_loss, conservative_gap, conservative_penalty, td_distance
 
 __all__ = ["DiscreteCQLLoss"]
@@ -177,7 +178,7 @@ class DiscreteCQLLoss(LossModule):
         nets = [ensure_tensordict_compatible(n, wrapper_type=QValueActor, action_space=action_space) for n in nets]
         while len(nets) < num_qvalue_nets:
             nets.append(copy.deepcopy(nets[0]))
-            _reinit(nets[-1])
+            reinit_parameters(nets[-1])
         if action_space is None:
             action_space = getattr(nets[0], "spec", None)
         if action_space is None:
@@ -279,7 +280,7 @@ class DiscreteCQLLoss(LossModule):
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         td = self._flat(tensordict)
         for key in self.in_keys:
-            _read(td, key)  # a missing entry is a KeyError naming it
+            read_key(td, key)  # a missing entry is a KeyError naming it
         keys = self.tensor_keys
         obs_keys = self.value_network.in_keys
         obs_now, obs_next = td.select(*obs_keys), td.get("next").select(*obs_keys)
