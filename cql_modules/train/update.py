@@ -80,6 +80,9 @@ def make_optimizer(
 class UpdateStep:
     """``step(batch) -> metrics``: loss, one backward, one optimizer step, Polyak update.
 
+    After the optimizer step it calls ``loss.count_update()``: the behaviour-cloning
+    warm-up counts optimizer updates (docs/cql.md, section 3).
+
     Args:
         loss: the :class:`CQLLoss`.
         optimizer: from :func:`make_optimizer`.
