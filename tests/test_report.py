@@ -24,7 +24,7 @@ pytest_plugins = ("run_fixtures",)  # minari_root, tiny_run, tiny_finetune_run
 
 
 def write_run(path: Path, dataset: str, seed: int, finals: list[float], *, status: str = "completed",
-              cql_alpha: float = 10.0, summary: bool = True, **extra) -> Path:
+              cql_alpha: float = 10.0, summary: bool = True, dataset_config: dict | None = None, **extra) -> Path:
     """A run directory as the recipes write it: metrics.jsonl (one evaluation per 1000 updates)
     and summary.json (final = last evaluation, best = max)."""
     path.mkdir(parents=True)
@@ -37,7 +37,8 @@ def write_run(path: Path, dataset: str, seed: int, finals: list[float], *, statu
                 "final_normalized_score": finals[-1], "best_normalized_score": max(finals),
                 "behaviour_normalized_score": 40.0, "updates_per_s": 20.0 + seed, "train_time_s": 50.0,
                 "wall_time_s": 100.0 * (seed + 1),
-                "config": {"seed": seed, "device": "auto", "num_threads": 1, "dataset": {"name": dataset},
+                "config": {"seed": seed, "device": "auto", "num_threads": 1,
+                           "dataset": dataset_config or {"name": dataset},
                            "loss": {"cql_alpha": cql_alpha}, "logger": {"every": 1000}}, **extra}
         (path / "summary.json").write_text(json.dumps(data))
     return path
@@ -83,6 +84,20 @@ def test_per_dataset_table_matches_a_hand_computation(sweep, tmp_path):
     assert rows["hopper-medium-v2", "loss.cql_alpha=5.0"][2:4] == ["1", "45.0"]
     assert "Reference: CORL (Tarasov et al." in report
     assert table_rows(report, "Runs not included")[0][0] == "b/1"  # relative to the directories' common parent
+
+
+def test_preset_differences_between_datasets_are_not_variants(tmp_path):
+    """Dataset presets set fields per dataset (CORL: reward normalization for hopper-medium
+    only): one variant; a field that differs within a dataset is one."""
+    write_run(tmp_path / "0", "hopper-medium-v2", 0, [50.0],
+              dataset_config={"name": "hopper-medium-v2", "normalize_reward": True})
+    write_run(tmp_path / "1", "walker2d-medium-v2", 0, [70.0],
+              dataset_config={"name": "walker2d-medium-v2", "normalize_reward": False})
+    report = write_report([tmp_path], tmp_path / "out", reps=200).read_text()
+    assert [r[:2] for r in table_rows(report, "Per dataset")] == [["hopper-medium-v2", "CQL"],
+                                                                  ["walker2d-medium-v2", "CQL"]]
+    (row,) = table_rows(report, "Per domain and overall")
+    assert row[:5] == ["CQL", "locomotion", "2", "2", "60.0"]
 
 
 def test_failed_and_unfinished_runs_are_listed_not_averaged(sweep, tmp_path):

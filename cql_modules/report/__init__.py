@@ -5,9 +5,10 @@ intervals, learning curves (``python recipes/report.py <outputs or multirun dir>
   recursively). Only runs whose summary says ``completed`` are averaged; every other run
   (failed, diverged, interrupted, preempted, or no summary: still running or killed) is
   listed with its status, never averaged.
-* Runs are grouped by dataset and *variant*: the hyper-parameters that differ between the
-  runs given (the seed and bookkeeping fields such as logging, checkpoints, threads and
-  device excluded), so a sweep over ``loss.cql_alpha`` gives one row per value.
+* Runs are grouped by dataset and *variant*: the hyper-parameters that differ between runs
+  of the same dataset (the seed and bookkeeping fields such as logging, checkpoints, threads
+  and device excluded; what dataset presets set differently is not a variant), so a sweep
+  over ``loss.cql_alpha`` gives one row per value and dataset.
 * Per dataset and variant: final and best normalized score (mean +- sample std over seeds,
   ddof 1), the behaviour policy's score, updates, wall time and updates/s (means over seeds).
 * Per domain (locomotion, antmaze, adroit, ...) and overall, per variant: the mean (mean over

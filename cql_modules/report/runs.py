@@ -1,6 +1,6 @@
 """Run directories and how they are grouped: a :class:`Run` per directory holding a
 ``summary.json`` or ``metrics.jsonl``, :class:`Group` s of completed runs per dataset and
-variant (the hyper-parameters that differ between the runs), and each dataset's domain."""
+variant (the hyper-parameters that differ between runs of a dataset), and each dataset's domain."""
 from __future__ import annotations
 
 import json
@@ -127,11 +127,14 @@ def find_runs(dirs: Iterable[str | os.PathLike]) -> list[Run]:
 
 
 def variant_keys(runs: Sequence[Run]) -> list[str]:
-    """Config fields whose values differ between ``runs`` (bookkeeping fields excluded)."""
-    configs = [r.config for r in runs]
-    keys = sorted(set().union(*configs)) if configs else []
-    return [k for k in keys if not k.startswith(BOOKKEEPING)
-            and len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+    """Config fields whose values differ between runs *of the same dataset* (bookkeeping
+    fields excluded): a sweep's own axes, not what dataset presets set differently."""
+    keys: set[str] = set()
+    for dataset in {r.dataset for r in runs}:
+        configs = [r.config for r in runs if r.dataset == dataset]
+        keys |= {k for k in set().union(*configs) if not k.startswith(BOOKKEEPING)
+                 and len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1}
+    return sorted(keys)
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
