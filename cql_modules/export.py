@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["FORMATS", "DeterministicPolicy", "export_policy", "load_actor", "load_policy", "policy_from_checkpoint"]
+__all__ = ["FORMATS", "DeterministicPolicy", "LoadedPolicy", "export_policy", "load_actor", "load_policy",
+           "policy_from_checkpoint"]
 
 FORMATS = ("torchscript", "onnx")
 METADATA_FILE = "policy.json"  # TorchScript extra file / ONNX metadata key
