@@ -21,10 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 import gymnasium as gym
-import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
 from torch import nn
 from torchrl.data import Categorical
 from torchrl.modules import MLP, QValueActor
@@ -32,7 +29,7 @@ from torchrl.objectives import HardUpdate
 
 from cql_modules.objectives.discrete import DiscreteCQLLoss
 from cql_modules.train.build import load_data, setup_run
-from cql_modules.train.cli import guarded
+from cql_modules.train.cli import hydra_entry
 from cql_modules.train.config import ConfigError, OfflineConfig, loss_fields, register_configs, validate_config
 from cql_modules.train.loop import RunEngine
 from cql_modules.train.summary import fmt
@@ -147,10 +144,7 @@ def train(cfg, run_dir: str | Path) -> dict:
     return engine.run(c.num_updates, desc="discrete CQL").finish()
 
 
-@hydra.main(config_path="../configs", config_name="discrete_cql", version_base="1.3")
-@guarded  # one-line errors with exit codes, resume from the run's own config, SIGTERM = Ctrl-C
-def main(cfg: DictConfig) -> dict:
-    return train(cfg, HydraConfig.get().runtime.output_dir)
+main = hydra_entry(train, "discrete_cql")  # one-line errors with exit codes, resume from the run's own config, SIGTERM = Ctrl-C
 
 
 if __name__ == "__main__":

@@ -158,6 +158,32 @@ def test_case8_an_unavailable_device_is_refused_before_any_data_is_loaded(cli, t
     assert code == EXIT_CODES["environment"] and len(err) == 1 and "device=cpu" in err[0], err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_case8_the_library_checks_the_device_too():
+    """``setup_run`` / ``resolve_device`` called from Python run the same check as the command line."""
+    from types import SimpleNamespace
+
+    from cql_modules.train.build import resolve_device, setup_run
+    from cql_modules.train.cli import EnvironmentProblem
+
+    with pytest.raises(EnvironmentProblem, match="CUDA is not available.*use device=cpu"):
+        setup_run(SimpleNamespace(num_threads=0, seed=0, device="cuda"))
+    with pytest.raises(EnvironmentProblem, match="^device=cuda:1: CUDA is not available"):
+        resolve_device("cuda:1")
+    assert resolve_device("auto") == resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("name", ["offline_cql", "finetune_cql", "discrete_cql"])
+def test_case9_every_recipe_exits_2_on_hydras_own_command_line_errors(name, monkeypatch, capsys, tmp_path):
+    recipe = load_recipe(name)
+    monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", "loss.cql_alph=5", f"hydra.run.dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit) as stop:
+        recipe.main()
+    assert stop.value.code == EXIT_CODES["config"] and "loss.cql_alph" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_case9_unknown_keys_are_refused_also_when_added_with_plus(cli, tmp_path):
     code, err = cli(*SHORT, "+loss.cql_alph=5", f"hydra.run.dir={tmp_path / 'run'}")
     assert code == EXIT_CODES["config"] and len(err) == 1, err

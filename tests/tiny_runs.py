@@ -36,5 +36,6 @@ def load_recipe(name: str = "offline_cql"):
     """``recipes/<name>.py`` imported as a module (the recipes are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(f"{name}_recipe", ROOT / "recipes" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a recipe's dataclasses look their module up
     spec.loader.exec_module(module)
     return module

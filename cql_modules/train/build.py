@@ -11,6 +11,7 @@ import torch
 from cql_modules.data import DatasetError, load_dataset, make_env
 from cql_modules.modules import bounded_action_spec, make_actor, make_critic
 from cql_modules.objectives.cql import CQLLoss
+from cql_modules.train.cli import check_device
 from cql_modules.train.config import ConfigError, OfflineConfig
 from cql_modules.train.state import seed_everything
 from cql_modules.train.update import UpdateStep, make_optimizer
@@ -19,7 +20,8 @@ __all__ = ["setup_run", "resolve_device", "load_data", "make_eval_env", "build_l
 
 
 def setup_run(c: OfflineConfig) -> torch.device:
-    """Seed every generator with ``c.seed``, apply ``c.num_threads``; return the device."""
+    """Seed every generator with ``c.seed``, apply ``c.num_threads``; return the device
+    (:func:`resolve_device`: :class:`~cql_modules.train.cli.EnvironmentProblem` if unusable)."""
     if c.num_threads:
         torch.set_num_threads(c.num_threads)
     seed_everything(c.seed)
@@ -27,8 +29,10 @@ def setup_run(c: OfflineConfig) -> torch.device:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto``: CUDA if available, else CPU (``cql_modules.train.cli.check_device`` checks
-    an explicit device before anything is loaded)."""
+    """``auto``: CUDA if available, else CPU; an explicit device must be usable here
+    (:func:`~cql_modules.train.cli.check_device`, which the recipes' command line also runs
+    before anything is loaded)."""
+    check_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
