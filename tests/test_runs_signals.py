@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from tiny_runs import ROOT, tiny_overrides
 
@@ -127,3 +128,28 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(minari_
     assert untimed(s_b) == untimed(s_a) and s_b["status"] == "completed"
     for name, steps in logged_steps(killed).items():
         assert steps == sorted(set(steps)) and steps[-1] == N, name  # no step logged twice, anywhere
+
+
+def test_a_launchers_sigusr2_stops_like_sigterm_and_its_handler_runs_after():
+    """SIGUSR2 is taken only where a launcher handles it (submitit); its handler (checkpoint,
+    requeue, exit) is not lost: :meth:`Preempted.chain` calls it once the state is saved."""
+    from cql_modules.train.cli import Preempted, preemption_signals
+
+    usr2 = signal.SIGUSR2
+    before = signal.getsignal(usr2)
+    signal.signal(usr2, signal.SIG_DFL)
+    try:
+        with preemption_signals():
+            assert signal.getsignal(usr2) == signal.SIG_DFL  # no launcher handler: its default stays
+        calls = []
+        signal.signal(usr2, lambda signum, frame: calls.append(signum))
+        launcher = signal.getsignal(usr2)
+        with pytest.raises(Preempted) as stop, preemption_signals():
+            os.kill(os.getpid(), usr2)
+            time.sleep(5)  # the handler interrupts this in the main thread
+        assert stop.value.signal == "SIGUSR2" and calls == []  # not yet: the run saves first
+        assert signal.getsignal(usr2) is launcher  # restored on the way out
+        stop.value.chain()
+        assert calls == [usr2]
+    finally:
+        signal.signal(usr2, before)

@@ -1,6 +1,7 @@
 """The command-line shell of a recipe: one-line errors with exit codes, strict configs,
 resume from the run's own configuration, a run directory that is never overwritten, and
-preemption (SIGTERM / SIGUSR1) handled like Ctrl-C.
+preemption (SIGTERM / SIGUSR1, and SIGUSR2 where a launcher such as submitit handles it)
+handled like Ctrl-C.
 
 A recipe gets all of it with ``main = hydra_entry(train, "offline_cql")``, or puts
 :func:`guarded` under its own ``@hydra.main``.
@@ -18,8 +19,10 @@ Exit codes (README, "Runs and failures"):
 6     run directory already holds a run (use ``resume=true`` or a new dir), or another
       process is running in it
 7     training diverged (NaN/inf; the last good state is saved)
-75    preempted (SIGTERM / SIGUSR1; state saved): requeue with ``resume=true``
-      (75 is ``EX_TEMPFAIL`` of sysexits.h: "temporary failure, retry")
+75    preempted (SIGTERM / SIGUSR1 / a launcher's SIGUSR2; state saved): requeue with
+      ``resume=true`` (75 is ``EX_TEMPFAIL`` of sysexits.h: "temporary failure, retry"); where
+      a launcher had its own handler for the signal (submitit: checkpoint, ``scontrol requeue``,
+      exit), that handler runs once the state is saved and decides the exit
 130   interrupted (Ctrl-C; state saved)
 ====  =====================================================================
 
@@ -66,12 +69,21 @@ RESUMABLE_FIELDS = ("resume", "num_updates", "online_updates", "num_threads", "e
 
 
 class Preempted(KeyboardInterrupt):
-    """Raised in the main thread by SIGTERM / SIGUSR1: a loop that keeps its last good state
-    on Ctrl-C does so here too (it is a ``KeyboardInterrupt``) and marks the run ``preempted``."""
+    """Raised in the main thread by a preemption signal (:class:`preemption_signals`): a loop
+    that keeps its last good state on Ctrl-C does so here too (it is a ``KeyboardInterrupt``)
+    and marks the run ``preempted``. ``previous``: the signal's handler before ours, if it was
+    a callable (a launcher's), for :meth:`chain`."""
 
-    def __init__(self, signum: int) -> None:
-        self.signal = signal.Signals(signum).name
+    def __init__(self, signum: int, previous: Callable[[int, Any], Any] | None = None, frame: Any = None) -> None:
+        self.signum, self.signal = signum, signal.Signals(signum).name
+        self.previous, self._frame = previous, frame
         super().__init__(f"preempted by {self.signal}")
+
+    def chain(self) -> None:
+        """Call the launcher's own handler of the signal, once the state is saved (submitit's
+        checkpoints the job, requeues it and exits)."""
+        if self.previous is not None:
+            self.previous(self.signum, self._frame)
 
 
 class RunDirError(RuntimeError):
@@ -170,21 +182,29 @@ def resume_config(saved: Any, requested: Any, explicit: list[str] | None) -> tup
 # ----------------------------------------------------------------------------- signals
 class preemption_signals:
     """Context: SIGTERM and SIGUSR1 raise :class:`Preempted` in the main thread (once; a
-    second signal while the state is being saved is logged and ignored)."""
+    second signal while the state is being saved is logged and ignored), and so does SIGUSR2
+    where a launcher has installed a handler for it (submitit's time-limit / preemption
+    signal; without one SIGUSR2 keeps its default). A handler installed before ours travels
+    on the :class:`Preempted` (:meth:`Preempted.chain`)."""
 
     SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
+    LAUNCHER_SIGNALS = tuple(s for s in (getattr(signal, "SIGUSR2", None),) if s)  #: taken only from a launcher
 
     def __enter__(self) -> preemption_signals:
         self.received: str | None = None
-        # only the main thread may set handlers (a launcher may run a job in another thread)
-        main = threading.current_thread() is threading.main_thread()
-        self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS} if main else {}
+        self._old: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return self  # only the main thread may set handlers (a launcher may run a job in another thread)
+        for s in self.SIGNALS + self.LAUNCHER_SIGNALS:
+            if s in self.SIGNALS or callable(signal.getsignal(s)):
+                self._old[s] = signal.signal(s, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received is None:
             self.received = signal.Signals(signum).name
-            raise Preempted(signum)
+            previous = self._old.get(signum)
+            raise Preempted(signum, previous if callable(previous) else None, frame)
         log.warning("%s received while stopping: ignored", signal.Signals(signum).name)
 
     def __exit__(self, *exc: object) -> None:
@@ -305,6 +325,8 @@ def _launch(task: Callable[[Any], Any], cfg: Any, hydra_cfg: Any, run_dir: Path,
         code = EXIT_CODES["preempted" if isinstance(err, Preempted) else "interrupted"]
         print(f"{str(err) or 'interrupted'}: rerun the same command with resume=true hydra.run.dir={run_dir} "
               "to continue", file=sys.stderr)
+        if isinstance(err, Preempted):
+            err.chain()  # the state is saved: now the launcher's own handler (submitit: requeue, exit)
         sys.exit(code)  # a sweep stops too: the signal was for the whole process
     except Exception as err:
         # A new run records its failure; a resume leaves the run's files as they were.
