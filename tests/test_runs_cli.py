@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_runs import ROOT, load_recipe, tiny_overrides
+from tiny_runs import ROOT, load_recipe, run_recipe, tiny_overrides
 
 from cql_modules.train.cli import EXIT_CODES
 from cql_modules.train.run_logger import read_metrics
@@ -268,3 +268,57 @@ def test_ctrl_c_saves_and_exits_130(cli, tmp_path, monkeypatch):
     assert code == EXIT_CODES["interrupted"] and summary(run_dir)["status"] == "interrupted"
     assert err[-1].startswith("interrupted: rerun the same command with resume=true")
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 0
+
+
+@pytest.fixture(scope="module")
+def online_run(minari_root, tmp_path_factory) -> Path:
+    """A tiny fine-tuning run whose last two checkpoints (updates 12 and 16) both have online rows."""
+    run_dir = tmp_path_factory.mktemp("runs") / "online"
+    run_recipe(*tiny_overrides(), "offline_updates=4", "online_updates=12", "online.max_episode_steps=2",
+               f"hydra.run.dir={run_dir}", cwd=run_dir.parent, recipe="finetune_cql.py")
+    return run_dir
+
+
+@pytest.mark.parametrize("damage, said", [
+    ({"online_rows.pt": "truncate"}, "online_rows.pt is corrupt"),
+    ({"online_rows.pt": "online_rows.prev.pt"}, "does not hold the online rows of checkpoint"),  # older rows
+    ({"last.pt": "truncate", "online_rows.prev.pt": "truncate"}, None),  # last.prev.pt's own rows are gone
+])
+def test_case7_fine_tuning_falls_back_to_the_previous_checkpoint_with_its_own_online_rows(
+        online_run, tmp_path, monkeypatch, capsys, damage, said):
+    """The online rows are part of their checkpoint: unusable rows make the resume use the
+    previous checkpoint with the previous rows (one warning), never one checkpoint with the
+    other's rows; with no usable pair the resume stops with one line (exit 4), touching nothing."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(online_run, run_dir)
+    ckpt = run_dir / "checkpoints"
+    prev_step = load_checkpoint(ckpt / "last.prev.pt")["step"]
+    assert load_checkpoint(ckpt / "online_rows.prev.pt")["num_online"] < load_checkpoint(ckpt / "online_rows.pt")["num_online"]
+    for name, how in damage.items():
+        (ckpt / name).write_bytes((ckpt / name).read_bytes()[:1000] if how == "truncate" else (ckpt / how).read_bytes())
+    before = snapshot(run_dir)
+    job_log = run_dir / "finetune_cql.log"
+    logged = job_log.read_text().count("\n")
+
+    recipe = load_recipe("finetune_cql")
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")
+    monkeypatch.setattr(sys, "argv", ["finetune_cql.py", "resume=true", f"hydra.run.dir={run_dir}", "online_updates=16"])
+    capsys.readouterr()
+    try:
+        recipe.main()
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    if said is None:
+        assert code == EXIT_CODES["checkpoint"] and len(err) == 1 and "online_rows.prev.pt" in err[0], err
+        assert snapshot(run_dir) == before
+        return
+    assert code == 0, err
+    warnings = [ln for ln in job_log.read_text().splitlines()[logged:] if "WARNING" in ln]
+    assert len(warnings) == 1 and said in warnings[0], warnings
+    assert f"resuming from the previous checkpoint {ckpt / 'last.prev.pt'} (update {prev_step})" in warnings[0]
+    assert steps(run_dir) == sorted(set(steps(run_dir))) and summary(run_dir)["updates"] == 20

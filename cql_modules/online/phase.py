@@ -25,7 +25,7 @@ from cql_modules.online.progress import OnlineProgress
 from cql_modules.online.replay import OnlineReplay
 from cql_modules.train.evaluation import score_regret
 from cql_modules.train.loop import RunEngine, RunHooks
-from cql_modules.train.state import load_checkpoint, save_checkpoint
+from cql_modules.train.state import CorruptCheckpointError, load_checkpoint, save_checkpoint, saved_with
 from cql_modules.train.summary import fmt
 
 log = logging.getLogger(__name__)
@@ -104,12 +104,20 @@ class OnlinePhase(RunHooks):
         return {"progress": self.progress.state_dict(), "num_online": self.replay.num_online,
                 "offline_score": self.offline_score}
 
-    def load_state_dict(self, state: dict[str, Any], checkpoint_dir: Path) -> None:
+    def load_state_dict(self, state: dict[str, Any], checkpoint: Path) -> None:
+        if state["num_online"]:  # the rows saved with this checkpoint (last.prev.pt: online_rows.prev.pt)
+            path = saved_with(checkpoint, ONLINE_ROWS_FILE)
+            if not path.is_file():
+                raise CorruptCheckpointError(f"{path}, the online rows of checkpoint {checkpoint}, is missing")
+            rows = load_checkpoint(path)  # unreadable: CorruptCheckpointError
+            try:  # they may be newer (a stop between writing them and the checkpoint): rows are only
+                # ever appended, and load_state_dict checks those up to the checkpoint's count are there
+                self.replay.load_state_dict(rows, num_online=state["num_online"])
+            except (ValueError, KeyError, RuntimeError) as err:
+                raise CorruptCheckpointError(f"{path} does not hold the online rows of checkpoint {checkpoint} "
+                                             f"({err})") from err
         self.progress = OnlineProgress.from_state_dict(state["progress"])
         self.offline_score = state["offline_score"]
-        if state["num_online"]:
-            rows = load_checkpoint(checkpoint_dir / ONLINE_ROWS_FILE)
-            self.replay.load_state_dict(rows, num_online=state["num_online"])
 
     def save(self, state: dict[str, Any], checkpoint_dir: Path) -> None:
         if state["num_online"]:

@@ -90,8 +90,10 @@ class RunHooks:
     def state_dict(self) -> dict[str, Any]:
         return {}
 
-    def load_state_dict(self, state: dict[str, Any], checkpoint_dir: Path) -> None:
-        """On resume: the :meth:`state_dict` of the checkpoint in ``checkpoint_dir``."""
+    def load_state_dict(self, state: dict[str, Any], checkpoint: Path) -> None:
+        """On resume, before the learner: the :meth:`state_dict` saved in the file ``checkpoint``;
+        the files :meth:`save` wrote with it are ``state.saved_with(checkpoint, name)``. A file
+        that is unusable raises ``CorruptCheckpointError``: the previous checkpoint is tried then."""
 
     def save(self, state: dict[str, Any], checkpoint_dir: Path) -> None:
         """Write files the checkpoint refers to (before it: it never points at missing files)."""
@@ -155,16 +157,13 @@ class RunEngine:
     def _open(self) -> Path | None:
         """Open the run logger; with ``resume`` restore the last checkpoint into the learner."""
         c = self.c
-        found = load_resume_checkpoint(c.checkpoint.load_from or self.run_dir, subdir=c.checkpoint.dir) \
-            if c.resume else None
+        found = load_resume_checkpoint(c.checkpoint.load_from or self.run_dir, subdir=c.checkpoint.dir,
+                                       companion=self._restore_hooks) if c.resume else None
         if c.resume and found is None and c.checkpoint.load_from:
             raise ConfigError(f"checkpoint.load_from: no checkpoint at {c.checkpoint.load_from}")
         state, path = found or (None, None)
         if state is not None:  # all that may refuse the checkpoint, before any run file is opened
-            check_same_data(state["extra"]["data"], self.info)
             extra = load_training_state(state, self.loss, self.update, replay_buffer=self.replay_buffer)
-            if self.hooks.name is not None:
-                self.hooks.load_state_dict(extra[self.hooks.name], path.parent)
         self.run_logger = RunLogger(self.run_dir, c.logger.backends, exp_name=run_name(c), config=config_to_dict(c),
                                     project=c.logger.project, group=c.logger.group, wandb_mode=c.logger.wandb_mode,
                                     resume_state=state and state["extra"]["logger"])
@@ -177,6 +176,13 @@ class RunEngine:
         self.history = extra["history"]
         log.info("resumed from %s at update %d", path, self.update.n_steps)
         return path
+
+    def _restore_hooks(self, state: dict[str, Any], path: Path) -> None:
+        """Part of choosing the checkpoint: its data must be this run's, and the hooks' files
+        saved with it must be usable (else the previous checkpoint is tried, with its own)."""
+        check_same_data(state["extra"]["data"], self.info)
+        if self.hooks.name is not None:
+            self.hooks.load_state_dict(state["extra"][self.hooks.name], path)
 
     def snapshot(self) -> dict[str, Any]:
         """The run's checkpoint as of now (a CPU copy): the learner, RNG and this run's records."""

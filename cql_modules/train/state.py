@@ -6,8 +6,9 @@
 * :func:`training_state` / :func:`load_training_state`: parameters, target networks,
   optimizer, temperatures, update counters and RNG as one CPU dict;
 * :func:`save_checkpoint` (atomic, keeping the previous checkpoint beside the last one) /
-  :func:`load_checkpoint` (a file that cannot be read raises :class:`CheckpointError`
-  naming it as corrupt) / :func:`find_checkpoint`;
+  :func:`load_checkpoint` (a file that cannot be read raises :class:`CorruptCheckpointError`
+  naming it as corrupt) / :func:`find_checkpoint` / :func:`load_resume_checkpoint` (falls
+  back to the previous checkpoint, with its own files: :func:`saved_with`);
 * :class:`LastGoodState`: the state at the last finite logging boundary;
 * :func:`data_fingerprint` / :func:`check_same_data`: a checkpoint resumes only on the data
   it was trained on.
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CHECKPOINT_VERSION",
     "CheckpointError",
+    "CorruptCheckpointError",
     "seed_everything",
     "capture_rng_state",
     "restore_rng_state",
@@ -43,6 +45,7 @@ __all__ = [
     "load_checkpoint",
     "find_checkpoint",
     "previous_checkpoint",
+    "saved_with",
     "load_resume_checkpoint",
     "LastGoodState",
     "data_fingerprint",
@@ -54,6 +57,11 @@ CHECKPOINT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used (unreadable, wrong version, other data)."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint, or a file saved with it, that cannot be read or does not belong to it:
+    a resume falls back to the previous checkpoint."""
 
 
 # ----------------------------------------------------------------------------- RNG
@@ -173,6 +181,15 @@ def previous_checkpoint(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
+def saved_with(checkpoint: str | os.PathLike, name: str) -> Path:
+    """The file ``name`` (e.g. ``online_rows.pt``) saved together with ``checkpoint``: beside
+    it, and the previous one beside the previous checkpoint (``last.prev.pt`` ->
+    ``online_rows.prev.pt``), so a checkpoint is never paired with another one's files."""
+    checkpoint = Path(checkpoint)
+    path = checkpoint.with_name(name)
+    return previous_checkpoint(path) if checkpoint.stem.endswith(".prev") else path
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, *, keep_previous: bool = True) -> Path:
     """``torch.save`` atomically (temp file, fsync, ``os.replace``): a reader sees the old
     file or the new one, never a half-written one.
@@ -196,18 +213,18 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, *, keep_prev
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (``weights_only``: plain
-    tensors, numbers, strings, lists and dicts only). Raises :class:`CheckpointError` if
-    the file cannot be read (truncated, not a checkpoint)."""
+    tensors, numbers, strings, lists and dicts only). Raises :class:`CorruptCheckpointError`
+    if the file cannot be read (truncated, not a checkpoint)."""
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as err:  # torch raises RuntimeError, OSError, pickle and zip errors here
-        raise CheckpointError(f"checkpoint {path} is corrupt ({type(err).__name__}: "
+        raise CorruptCheckpointError(f"checkpoint {path} is corrupt ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''})") from err
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} is corrupt (holds a {type(state).__name__}, not a dict)")
+        raise CorruptCheckpointError(f"checkpoint {path} is corrupt (holds a {type(state).__name__}, not a dict)")
     return state
 
 
@@ -220,24 +237,35 @@ def find_checkpoint(where: str | os.PathLike, name: str = "last.pt", subdir: str
     return None
 
 
-def load_resume_checkpoint(where: str | os.PathLike, name: str = "last.pt",
-                           subdir: str = "checkpoints") -> tuple[dict[str, Any], Path] | None:
+def load_resume_checkpoint(where: str | os.PathLike, name: str = "last.pt", subdir: str = "checkpoints", *,
+                           companion: Callable[[dict[str, Any], Path], Any] | None = None,
+                           ) -> tuple[dict[str, Any], Path] | None:
     """``(state, path)`` of the checkpoint to resume from (see :func:`find_checkpoint`), None
-    if there is none. If it cannot be read, the previous checkpoint kept beside it is used,
-    with a warning naming both; if that fails too, :class:`CheckpointError` says so."""
+    if there is none. ``companion(state, path)`` reads what else the checkpoint needs (the
+    files saved with it, :func:`saved_with`). If the checkpoint or a companion file cannot be
+    used (:class:`CorruptCheckpointError`), the previous checkpoint kept beside it is used,
+    with its own files and a warning naming both; if that fails too,
+    :class:`CheckpointError` says so."""
     path = find_checkpoint(where, name, subdir)
     if path is None:
         return None
+
+    def load(p: Path) -> dict[str, Any]:
+        state = load_checkpoint(p)
+        if companion is not None:
+            companion(state, p)
+        return state
+
     try:
-        return load_checkpoint(path), path
-    except CheckpointError as err:
+        return load(path), path
+    except CorruptCheckpointError as err:
         prev = previous_checkpoint(path)
         if not prev.is_file():
             raise CheckpointError(f"{err}; no previous checkpoint to fall back to: start a new run "
                                   "(a new hydra.run.dir)") from err
         try:
-            state = load_checkpoint(prev)
-        except CheckpointError as err2:
+            state = load(prev)
+        except CorruptCheckpointError as err2:
             raise CheckpointError(f"{err}; the previous one is unusable too ({err2})") from err2
         log.warning("%s; resuming from the previous checkpoint %s (update %s)", err, prev, state.get("step"))
         return state, prev
