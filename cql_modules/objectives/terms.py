@@ -20,16 +20,16 @@ from torchrl.objectives.utils import distance_loss
 __all__ = [
     "CriticLossOptions",
     "CriticTerms",
-    "temperature_loss",
     "actor_loss",
+    "alpha_prime_loss",
     "bc_actor_loss",
-    "td_target",
     "calibrate",
     "conservative_gap",
     "conservative_penalty",
-    "alpha_prime_loss",
-    "td_distance",
     "critic_loss_terms",
+    "td_distance",
+    "td_target",
+    "temperature_loss",
 ]
 
 
