@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +56,12 @@ def aggregate(groups: Sequence[Group], *, key: str = "final_normalized_score", r
         raise ModuleNotFoundError(f"the report's confidence intervals need rliable ({type(err).__name__}: {err}); "
                                   "pip install 'cql-modules[report]' (rliable 1.2 with arch<8 needs pandas<3)",
                                   name="rliable") from err
+    # rliable imports absl.logging, whose handler holds the sys.stderr of that moment and closes it
+    # when logging is reconfigured (Hydra does, per run) unless it is the sys.stderr of then: a
+    # redirected stream (a test's capture, a notebook's) would be closed under its owner
+    from absl import logging as absl_logging
+
+    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
     rows = []
     for variant in sorted({g.variant for g in groups}):
