@@ -93,7 +93,10 @@ def test_case3_sigterm_and_sigusr1_save_the_state_and_say_requeue(minari_root, t
         assert finish(proc) == EXIT_CODES["preempted"]
         summary = json.loads((run_dir / "summary.json").read_text())
         step = load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"]
-        assert summary["status"] == "preempted" and summary["updates"] == step == last_step(run_dir) >= saved + 40
+        # a signal between logging an interval and keeping its state cuts the logs back to
+        # the saved state: the logs end where the checkpoint is, at most one interval earlier
+        every = int(LOGGED["logger.every"])
+        assert summary["status"] == "preempted" and summary["updates"] == step == last_step(run_dir) >= saved + 40 - every
         stderr = (tmp_path / "run.stderr").read_text()
         assert sig.name in stderr and "resume=true" in stderr
         assert "Traceback" not in stderr and "leaked semaphore" not in stderr

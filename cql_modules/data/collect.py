@@ -32,7 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -365,14 +365,25 @@ def build_default_dataset(
     )
 
 
-def ensure_default_dataset(progress: bool = True) -> str:
-    """Build :data:`DEFAULT_DATASET_ID` if it is not in minari's root yet; return its id."""
-    if not is_local_minari(DEFAULT_DATASET_ID):
-        if progress:
-            print(f"building {DEFAULT_DATASET_ID} under {minari_root()} (first use, about 10 s)", file=sys.stderr)
-        build_default_dataset(progress=progress)
-    return DEFAULT_DATASET_ID
-
-
 # Ids that load_dataset builds locally when missing instead of asking for a download.
-LOCAL_BUILDERS = {DEFAULT_DATASET_ID: ensure_default_dataset}
+LOCAL_BUILDERS: dict[str, Callable[..., str]] = {}
+
+
+def register_local_builder(dataset_id: str, build: Callable[..., object], duration: str) -> Callable[..., str]:
+    """Make ``dataset_id`` one that :func:`~cql_modules.data.load_dataset` builds on first use
+    with ``build(progress=...)`` (``duration`` is said to the user); returns the
+    ``ensure(progress=True) -> dataset_id`` function that builds it only if it is missing."""
+
+    def ensure(progress: bool = True) -> str:
+        if not is_local_minari(dataset_id):
+            if progress:
+                print(f"building {dataset_id} under {minari_root()} (first use, {duration})", file=sys.stderr)
+            build(progress=progress)
+        return dataset_id
+
+    ensure.__doc__ = f"Build {dataset_id} if it is not in minari's root yet; return its id."
+    LOCAL_BUILDERS[dataset_id] = ensure
+    return ensure
+
+
+ensure_default_dataset = register_local_builder(DEFAULT_DATASET_ID, build_default_dataset, "about 10 s")

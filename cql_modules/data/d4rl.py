@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .._io import atomic_write
+from ..atomic import atomic_write
 from .errors import DatasetError, DatasetNotFoundError
 from .transitions import Transitions
 

@@ -26,13 +26,11 @@ categorical actions (``action_space="categorical"``).
 from __future__ import annotations
 
 import collections
-import sys
 from functools import partial
 
 import numpy as np
 
-from .collect import LOCAL_BUILDERS, BehaviourSpec, build_minari_dataset
-from .minari_source import is_local_minari, minari_root
+from .collect import BehaviourSpec, build_minari_dataset, register_local_builder
 
 CARTPOLE_DATASET_ID = "cql-modules/cartpole/mixed-v0"
 CARTPOLE_EXPERT_DATASET_ID = "cql-modules/cartpole/expert-v0"
@@ -83,17 +81,8 @@ def build_cartpole_dataset(
     )
 
 
-def ensure_cartpole_dataset(dataset_id: str = CARTPOLE_DATASET_ID, progress: bool = True) -> str:
-    """Build ``dataset_id`` if it is not in minari's root yet; return it."""
-    if not is_local_minari(dataset_id):
-        if progress:
-            print(f"building {dataset_id} under {minari_root()} (first use, seconds)", file=sys.stderr)
-        build_cartpole_dataset(dataset_id, progress=progress)
-    return dataset_id
-
-
 for _id in CARTPOLE_DATASETS:
-    LOCAL_BUILDERS[_id] = partial(ensure_cartpole_dataset, _id)
+    register_local_builder(_id, partial(build_cartpole_dataset, _id), "seconds")
 
 
 def minigrid_shortest_path(env) -> list[int] | None:

@@ -25,7 +25,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -33,8 +32,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from .collect import LOCAL_BUILDERS, write_minari_dataset
-from .minari_source import is_local_minari, minari_root
+from .collect import register_local_builder, write_minari_dataset
 
 MAZE_DATASET_ID = "cql-modules/pointmaze/medium-v0"
 MAZE_ENV_ID = "PointMaze_Medium-v3"
@@ -307,13 +305,4 @@ def build_maze_dataset(
     }
 
 
-def ensure_maze_dataset(progress: bool = True) -> str:
-    """Build :data:`MAZE_DATASET_ID` if it is not in minari's root yet; return its id."""
-    if not is_local_minari(MAZE_DATASET_ID):
-        if progress:
-            print(f"building {MAZE_DATASET_ID} under {minari_root()} (first use, about a minute)", file=sys.stderr)
-        build_maze_dataset(progress=progress)
-    return MAZE_DATASET_ID
-
-
-LOCAL_BUILDERS[MAZE_DATASET_ID] = ensure_maze_dataset
+ensure_maze_dataset = register_local_builder(MAZE_DATASET_ID, build_maze_dataset, "about a minute")

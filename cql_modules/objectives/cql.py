@@ -34,6 +34,7 @@ from cql_modules.objectives import terms
 from cql_modules.objectives.ensemble import (
     CriticEnsembleMixin,
     bounded_action_spec_of,
+    check_loss_options,
     read_key,
 )
 
@@ -209,18 +210,10 @@ class CQLLoss(CriticEnsembleMixin, LossModule):
         use_prioritized_weights: str | bool = "auto",
     ) -> None:
         super().__init__()
-        if num_qvalue_nets < 1:
-            raise ValueError(f"num_qvalue_nets must be >= 1, got {num_qvalue_nets}")
+        check_loss_options(num_qvalue_nets=num_qvalue_nets, temperature=temperature, cql_alpha=cql_alpha,
+                           reduction=reduction, loss_function=loss_function)
         if num_actions < 1:
             raise ValueError(f"num_actions must be >= 1, got {num_actions}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if cql_alpha < 0:
-            raise ValueError(f"cql_alpha must be >= 0, got {cql_alpha}")
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-        if loss_function not in ("l2", "l1", "smooth_l1"):
-            raise ValueError(f"loss_function must be 'l2', 'l1' or 'smooth_l1', got {loss_function!r}")
 
         self.actor_network = actor_network
 

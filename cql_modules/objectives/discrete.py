@@ -28,7 +28,7 @@ from torchrl.modules.tensordict_module.common import ensure_tensordict_compatibl
 from torchrl.objectives.utils import _reduce, _vmap_func
 
 from cql_modules.objectives.cql import CQLLoss
-from cql_modules.objectives.ensemble import read_key, reinit_parameters
+from cql_modules.objectives.ensemble import check_loss_options, read_key, reinit_parameters
 from cql_modules.objectives.terms import alpha_prime_loss, conservative_gap, conservative_penalty, td_distance
 
 __all__ = ["DiscreteCQLLoss"]
@@ -161,16 +161,8 @@ class DiscreteCQLLoss(LossModule):
         use_prioritized_weights: str | bool = "auto",
     ) -> None:
         super().__init__()
-        if num_qvalue_nets < 1:
-            raise ValueError(f"num_qvalue_nets must be >= 1, got {num_qvalue_nets}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if cql_alpha < 0:
-            raise ValueError(f"cql_alpha must be >= 0, got {cql_alpha}")
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-        if loss_function not in ("l2", "l1", "smooth_l1"):
-            raise ValueError(f"loss_function must be 'l2', 'l1' or 'smooth_l1', got {loss_function!r}")
+        check_loss_options(num_qvalue_nets=num_qvalue_nets, temperature=temperature, cql_alpha=cql_alpha,
+                           reduction=reduction, loss_function=loss_function)
 
         nets = list(value_network) if isinstance(value_network, (list, tuple)) else [value_network]
         if len(nets) not in (1, num_qvalue_nets):

@@ -21,7 +21,29 @@ from torchrl.objectives.utils import _vmap_func
 from cql_modules.modules import ensemble_mlp, is_relu_mlp
 from cql_modules.objectives.fused import FusedCriticConfig, FusedCriticGrad
 
-__all__ = ["CriticEnsembleMixin", "bounded_action_spec_of", "read_key", "reinit_parameters"]
+__all__ = [
+    "CriticEnsembleMixin",
+    "bounded_action_spec_of",
+    "check_loss_options",
+    "read_key",
+    "reinit_parameters",
+]
+
+
+def check_loss_options(
+    *, num_qvalue_nets: int, temperature: float, cql_alpha: float, reduction: str, loss_function: str
+) -> None:
+    """The constructor checks both losses share: one message per invalid value."""
+    if num_qvalue_nets < 1:
+        raise ValueError(f"num_qvalue_nets must be >= 1, got {num_qvalue_nets}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if cql_alpha < 0:
+        raise ValueError(f"cql_alpha must be >= 0, got {cql_alpha}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if loss_function not in ("l2", "l1", "smooth_l1"):
+        raise ValueError(f"loss_function must be 'l2', 'l1' or 'smooth_l1', got {loss_function!r}")
 
 
 def reinit_parameters(module: nn.Module) -> None:

@@ -29,7 +29,7 @@ def plot_curves(groups: Sequence[Group], out_dir: str | os.PathLike) -> dict[str
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from cql_modules._io import atomic_write
+    from cql_modules.atomic import atomic_write
 
     out_dir = Path(out_dir)
     paths = {}

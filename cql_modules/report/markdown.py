@@ -55,7 +55,7 @@ def write_report(dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
     """Collect the runs under ``dirs`` and write ``out_dir/report.md`` plus one learning-curve
     PNG per dataset; returns the report's path. ``command``: the command line, quoted in the
     report."""
-    from cql_modules._io import atomic_write
+    from cql_modules.atomic import atomic_write
 
     runs = find_runs(dirs)
     groups = group_runs(runs)

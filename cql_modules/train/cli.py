@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from cql_modules._io import atomic_write
+from cql_modules.atomic import atomic_write
 from cql_modules.train.config import ConfigError, check_keys
 from cql_modules.train.state import (
     CheckpointError,

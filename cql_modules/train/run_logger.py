@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from cql_modules._io import atomic_write
+from cql_modules.atomic import atomic_write
 
 __all__ = ["RunLogger", "read_metrics", "write_json", "plot_learning_curve", "record_failure"]
 

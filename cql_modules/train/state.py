@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cql_modules._io import atomic_write
+from cql_modules.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
