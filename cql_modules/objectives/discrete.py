@@ -1,6 +1,6 @@
 """Discrete-action Conservative Q-Learning (CQL(H) on a DQN backbone) as a TorchRL ``LossModule``.
 
-The equations are in ``docs/discrete_cql.md`` (section 1). Differences from
+The equations are in ``docs/cql.md`` (section 11). Differences from
 ``torchrl.objectives.DiscreteCQLLoss`` (each regression-tested in ``tests/test_discrete_loss.py``):
 
 * the penalty has a weight ``cql_alpha`` (optionally a Lagrange multiplier) and a temperature;
