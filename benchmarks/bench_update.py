@@ -70,9 +70,8 @@ OUR_MODES: dict[str, dict[str, dict]] = {
     "eager-foreach-adam": {"optimizer": {"fused": False}},
     # the fused critic's block size from the L2 size (cache_blocking.default_block_rows)
     # instead of CQLLoss's constant
-    "eager-l2-blocks": {"loss_attrs": {"fused_block_rows": lambda loss: _l2_block_rows(loss)}},
-    "bf16-critic-l2-blocks": {"loss": {"critic_compute_dtype": torch.bfloat16},
-                              "loss_attrs": {"fused_block_rows": lambda loss: _l2_block_rows(loss)}},
+    # the fused pass's former fixed block size; the default now follows the L2 size
+    "eager-2048-blocks": {"loss_attrs": {"fused_block_rows": lambda loss: 2048}},
     "eager-autograd-critic": {"loss": {"fused_critic": False}},
     # UpdateStep's opt-in glibc tuning is process-wide: every row built after this one (the
     # baselines included) runs with it; run it alone for a clean A/B.
@@ -81,12 +80,6 @@ OUR_MODES: dict[str, dict[str, dict]] = {
 MODE_COMPONENTS = ("loss", "optimizer", "step", "loss_attrs")
 
 
-def _l2_block_rows(loss) -> int:
-    from cql_modules.objectives.cache_blocking import default_block_rows
-
-    width = max(w.shape[1] for w in loss.qvalue_network_params.values(True, True) if w.ndim == 3)  # [K, out, in]
-    return default_block_rows(width, loss.num_qvalue_nets,
-                              loss.critic_compute_dtype or torch.float32)
 PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 BASELINE_NAMES = ("corl-structured", "torchrl-cql", "torchrl-sac")
 # every row gets a ratio against each of these rows' rates (median and paired per round)

@@ -56,8 +56,9 @@ muts = [
  # the fused critic pass (fused.py)
  (FUSED, "loss = ((t.td + t.penalty).sum(0) * state_weight).sum()", "loss = (t.td + t.penalty).sum() / state_weight.numel()"),
  (FUSED, "return torch.cat([d_data[..., None], d_proposals], dim=-1)", "return torch.cat([d_data[..., None], d_proposals.flip(-1)], dim=-1)"),
- (FUSED, "thr_bwd(buf, acts[i - 1][:, :r, :-1], 0, grad_input=buf)", "buf"),
- (FUSED, "torch.cat([W.transpose(1, 2), b[:, None]], dim=1)", "torch.cat([W.transpose(1, 2), 0 * b[:, None]], dim=1)"),
+ (FUSED, "thr_bwd(buf, acts[i - 1][:, :r], 0, grad_input=buf)", "buf"),
+ (FUSED, "b_row = [b[:, None].to(dt) for b, dt in zip(bs, dts)]", "b_row = [0 * b[:, None].to(dt) for b, dt in zip(bs, dts)]"),
+ (FUSED, "grad_b[i].add_(g.sum(1, keepdim=True, dtype=full))", "grad_b[i].add_(g[:, :1].sum(1, keepdim=True, dtype=full))"),
  # networks (docs/cql.md, section 8)
  ("cql_modules/modules.py", "gain=math.sqrt(2)", "gain=1.0"),
  ("cql_modules/modules.py", ".clamp(-20.0, 2.0)", ".clamp(-20.0, 0.5)"),

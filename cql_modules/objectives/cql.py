@@ -264,8 +264,9 @@ class CQLLoss(CriticEnsembleMixin, LossModule):
         self.critic_compute_dtype = critic_compute_dtype
         self.fused_critic = fused_critic
         self.use_prioritized_weights = use_prioritized_weights
-        # rows per block of the fused critic pass: activations of a block stay in L2
-        self.fused_block_rows = 2048
+        # rows per block of the fused critic pass; None: from the CPU's L2 size
+        # (objectives/cache_blocking.py), so that a block's activations stay in cache
+        self.fused_block_rows: int | None = None
         # Optimizer updates counted so far (BC warm-up); a buffer so that it is checkpointed.
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.long))
 

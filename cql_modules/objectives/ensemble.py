@@ -19,6 +19,7 @@ from torch import nn
 from torchrl.objectives.utils import _vmap_func
 
 from cql_modules.modules import ensemble_mlp, is_relu_mlp
+from cql_modules.objectives.cache_blocking import default_block_rows
 from cql_modules.objectives.fused import FusedCriticConfig, FusedCriticGrad
 
 __all__ = [
@@ -181,7 +182,11 @@ class CriticEnsembleMixin:
             return self._q_values(params, inputs), None
         # same Q values; the critic gradient is formed block by block (fused.py)
         x = torch.cat(inputs, dim=-1)
-        cfg = FusedCriticConfig(options, self.fused_block_rows, self.critic_compute_dtype)
+        rows = self.fused_block_rows
+        if rows is None:
+            width = max(params.get(k).shape[1] for k in self._q_weight_keys)  # widest layer output
+            rows = default_block_rows(width, self.num_qvalue_nets, self.critic_compute_dtype or x.dtype)
+        cfg = FusedCriticConfig(options, rows, self.critic_compute_dtype)
         return FusedCriticGrad.apply(
             cfg, x.reshape(-1, x.shape[-1]), y, log_density, mc_return, alpha_prime, state_weight,
             *[params.get(k) for k in self._q_weight_keys], *[params.get(k) for k in self._q_bias_keys],

@@ -35,7 +35,7 @@ class FusedCriticConfig:
     """The critic-loss options plus the blocking of the fused pass."""
 
     terms: CriticLossOptions
-    block_rows: int = 2048
+    block_rows: int  # rows per block (the loss picks them from the L2 size, cache_blocking.py)
     compute_dtype: torch.dtype | None = None  # hidden layers' dtype (bf16 mode), last layer stays
 
 
@@ -89,36 +89,35 @@ class FusedCriticGrad(torch.autograd.Function):
         # weight gradients accumulate in the parameters' dtype.
         full = Ws[-1].dtype
         dts = [cfg.compute_dtype or full] * (n_layers - 1) + [full]
-        # Biases ride in the matmuls: every layer input carries a column of ones and
-        # every weight its bias as an extra row ([K, in + 1, out]). This saves addmm's
-        # bias copy in the forward and the bias-gradient reduction in the backward: the
-        # bias gradient is the extra row of the (transposed) weight gradient.
-        w_aug = [torch.cat([W.transpose(1, 2), b[:, None]], dim=1).to(dt) for W, b, dt in zip(Ws, bs, dts)]
+        # Activations stay contiguous ([K, rows, width]): each layer writes its bias into
+        # the output block (in cache) and the matmul accumulates onto it. Folding the bias
+        # in as a column of ones (row stride width + 1) made the forward matmuls 10-20%
+        # slower (unaligned rows; benchmarks/bench_layer_layouts.py).
+        w_t = [W.transpose(1, 2).contiguous().to(dt) for W, dt in zip(Ws, dts)]  # [K, in, out]
+        b_row = [b[:, None].to(dt) for b, dt in zip(bs, dts)]  # [K, 1, out]
         w_dx = [W.to(dt) for W, dt in zip(Ws, dts)]
-        grad_aug = [torch.zeros(w.shape, dtype=full, device=x.device) for w in w_aug]
+        grad_w = [torch.zeros(w.shape, dtype=full, device=x.device) for w in w_t]
+        grad_b = [torch.zeros(b.shape, dtype=full, device=x.device) for b in b_row]
         q = torch.empty(K, rows, Ws[-1].shape[1], dtype=full, device=x.device)
-        x_aug = torch.cat([x, x.new_ones(rows, 1)], dim=1).to(dts[0]).expand(K, rows, x.shape[1] + 1)
+        x_k = x.to(dts[0]).expand(K, rows, x.shape[1])
 
         states = max(1, cfg.block_rows // m)
         cap = min(B, states) * m
         # Scratch reused by every block so that it stays cache-resident.
-        acts = [torch.empty(K, cap, W.shape[1] + 1, dtype=dt, device=x.device) for W, dt in zip(Ws[:-1], dts)]
-        for a in acts:
-            a[..., -1] = 1.0
+        acts = [torch.empty(K, cap, W.shape[1], dtype=dt, device=x.device) for W, dt in zip(Ws[:-1], dts)]
         width = max((W.shape[2] for W in Ws[1:]), default=0)  # 0: a single Linear critic
         grads = [torch.empty(K, cap, width, dtype=dts[0], device=x.device) for _ in range(2)]
         thr_bwd = torch.ops.aten.threshold_backward.grad_input
         for s0 in range(0, B, states):
             s1 = min(B, s0 + states)
             r = (s1 - s0) * m
-            xb = x_aug[:, s0 * m : s1 * m]
-            ins = [xb]  # the input of each layer, in that layer's dtype
+            ins = [x_k[:, s0 * m : s1 * m]]  # the input of each layer, in that layer's dtype
             for i in range(n_layers - 1):
                 h = acts[i][:, :r]
-                torch.bmm(ins[i], w_aug[i], out=h[..., :-1]).relu_()
+                h.copy_(b_row[i].expand_as(h)).baddbmm_(ins[i], w_t[i]).relu_()
                 ins.append(h if dts[i + 1] == dts[i] else h.to(dts[i + 1]))
             qb = q[:, s0 * m : s1 * m]
-            torch.bmm(ins[-1], w_aug[-1], out=qb)
+            qb.copy_(b_row[-1].expand_as(qb)).baddbmm_(ins[-1], w_t[-1])
             mc = mc_return[s0:s1] if mc_return is not None else None
             dq = critic_loss_grad(qb.view(K, s1 - s0, m), y[s0:s1], log_density[s0:s1], mc,
                                   alpha_prime, state_weight[s0:s1], cfg.terms)
@@ -126,9 +125,10 @@ class FusedCriticGrad(torch.autograd.Function):
             for i in range(n_layers - 1, -1, -1):
                 g = g.to(dts[i])
                 if dts[i] == full:
-                    grad_aug[i].baddbmm_(ins[i].transpose(1, 2), g)  # [K, in + 1, out]: weight^T and bias
+                    grad_w[i].baddbmm_(ins[i].transpose(1, 2), g)  # [K, in, out]: weight^T
                 else:
-                    grad_aug[i].add_(torch.bmm(ins[i].transpose(1, 2), g))
+                    grad_w[i].add_(torch.bmm(ins[i].transpose(1, 2), g))
+                grad_b[i].add_(g.sum(1, keepdim=True, dtype=full))
                 if i == 0:
                     break
                 buf = grads[i % 2][:, :r, : Ws[i].shape[2]]  # in the dtype of layer i - 1
@@ -138,11 +138,11 @@ class FusedCriticGrad(torch.autograd.Function):
                     torch.bmm(g, w_dx[i], out=buf)
                 else:
                     buf.copy_(torch.bmm(g, w_dx[i]))
-                thr_bwd(buf, acts[i - 1][:, :r, :-1], 0, grad_input=buf)  # ReLU mask, in place
+                thr_bwd(buf, acts[i - 1][:, :r], 0, grad_input=buf)  # ReLU mask, in place
                 g = buf
         ctx.grads = (
-            *[ga[:, :-1].transpose(1, 2).contiguous() for ga in grad_aug],
-            *[ga[:, -1].contiguous() for ga in grad_aug],
+            *[gw.transpose(1, 2).contiguous() for gw in grad_w],
+            *[gb[:, 0].contiguous() for gb in grad_b],
         )
         ctx.mark_non_differentiable(q)
         return q.view(K, B, m), x.new_zeros(())
