@@ -70,8 +70,8 @@ OUR_MODES: dict[str, dict[str, dict]] = {
     "eager-foreach-adam": {"optimizer": {"fused": False}},
     # the fused critic's block size from the L2 size (cache_blocking.default_block_rows)
     # instead of CQLLoss's constant
-    # the fused pass's former fixed block size; the default now follows the L2 size
-    "eager-2048-blocks": {"loss_attrs": {"fused_block_rows": lambda loss: 2048}},
+    # fused-pass blocks from the L2 size (cache_blocking.default_block_rows) instead of 2048
+    "eager-l2-blocks": {"loss_attrs": {"fused_block_rows": lambda loss: None}},
     "eager-autograd-critic": {"loss": {"fused_critic": False}},
     # UpdateStep's opt-in glibc tuning is process-wide: every row built after this one (the
     # baselines included) runs with it; run it alone for a clean A/B.

@@ -109,7 +109,7 @@ def test_main_tiny_shape_writes_json(bench, tmp_path, monkeypatch):
         "--hidden", "16", "--batch-size", "8", "--num-actions", "2",
         "--rounds", "1", "--steps", "2", "--warmup", "1",
         "--dataset-size", "256", "--peak-seconds", "0.005", "--peak-square", "64",
-        "--modes", "eager,eager-2048-blocks,bogus", "--json", str(out),
+        "--modes", "eager,eager-l2-blocks,bogus", "--json", str(out),
     ])
     assert torch.get_num_threads() == threads  # restored
     data = json.loads(out.read_text())
@@ -132,7 +132,7 @@ def test_main_tiny_shape_writes_json(bench, tmp_path, monkeypatch):
     assert data["sampling_ms_median"] > 0
 
     rows = {r["name"]: r for r in data["results"]}
-    assert set(rows) == {"ours:eager", "ours:eager-2048-blocks", "ours:bogus", "corl-structured", "torchrl-cql",
+    assert set(rows) == {"ours:eager", "ours:eager-l2-blocks", "ours:bogus", "corl-structured", "torchrl-cql",
                          "torchrl-sac"}
     bogus = rows.pop("ours:bogus")
     assert bogus["status"] == "unsupported" and "no_such_option" in bogus["error"]

@@ -35,7 +35,7 @@ class FusedCriticConfig:
     """The critic-loss options plus the blocking of the fused pass."""
 
     terms: CriticLossOptions
-    block_rows: int  # rows per block (the loss picks them from the L2 size, cache_blocking.py)
+    block_rows: int  # rows per block (CQLLoss.fused_block_rows; cache_blocking.py derives one from L2)
     compute_dtype: torch.dtype | None = None  # hidden layers' dtype (bf16 mode), last layer stays
 
 
