@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from cql_modules.train.run_logger import METRICS_FILE, REEVALUATIONS, SUMMARY_FILE, read_metrics
+from cql_modules.train.run_logger import METRICS_FILE, REEVALUATIONS, SUMMARY_FILE, flatten_config, read_metrics
 
 __all__ = ["BOOKKEEPING", "Group", "Run", "domain_of", "find_runs", "group_runs", "variant_keys"]
 
@@ -49,7 +49,7 @@ class Run:
 
     @property
     def config(self) -> dict[str, Any]:
-        return _flatten((self.summary or {}).get("config") or {})
+        return flatten_config((self.summary or {}).get("config") or {})
 
     @property
     def dataset(self) -> str:
@@ -80,16 +80,6 @@ class Group:
     @property
     def domain(self) -> str:
         return domain_of(self.dataset)
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def domain_of(dataset: str) -> str:

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 from cql_modules.atomic import atomic_write
 
-__all__ = ["RunLogger", "read_metrics", "write_json", "plot_learning_curve", "record_failure"]
+__all__ = ["RunLogger", "flatten_config", "read_metrics", "write_json", "plot_learning_curve", "record_failure"]
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -208,9 +208,9 @@ class RunLogger:
         if config:
             try:
                 if backend == "tensorboard":
-                    _tensorboard_hparams(logger.experiment, _flat(config))
+                    _tensorboard_hparams(logger.experiment, _hparams(config))
                 else:
-                    logger.log_hparams(_flat(config))
+                    logger.log_hparams(_hparams(config))
             except Exception:  # hparams are a convenience; never fail a run on them
                 pass
         return logger
@@ -362,15 +362,24 @@ def _csv_step(line: str) -> int | None:
         return None
 
 
-def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as one level of dotted keys (``{"loss": {"cql_alpha": 5}}`` ->
+    ``{"loss.cql_alpha": 5}``), values unchanged."""
     out: dict[str, Any] = {}
     for k, v in config.items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        elif isinstance(v, (int, float, str, bool)) or v is None:
-            if v is None or (isinstance(v, float) and not math.isfinite(v)):
-                v = str(v)
-            out[f"{prefix}{k}"] = v
+            out.update(flatten_config(v, f"{prefix}{k}."))
         else:
-            out[f"{prefix}{k}"] = str(v)
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _hparams(config: dict[str, Any]) -> dict[str, Any]:
+    """:func:`flatten_config` with the values hyper-parameter logs accept: numbers, strings
+    and booleans; None, inf/nan and anything else as their string."""
+    out: dict[str, Any] = {}
+    for k, v in flatten_config(config).items():
+        if v is None or (isinstance(v, float) and not math.isfinite(v)) or not isinstance(v, (int, float, str, bool)):
+            v = str(v)
+        out[k] = v
     return out
