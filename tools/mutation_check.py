@@ -40,7 +40,7 @@ muts = [
  (TERMS, "q_policy = calibrate(q_policy, mc_return[:, None])", "q_policy = calibrate(q_policy, mc_return[:, None] - 1e3)"),
  # sampling, critic inputs, reduction (cql.py, ensemble.py)
  (LOSS, "return self.log_alpha.exp() * self.alpha_multiplier", "return self.log_alpha.exp()"),
- (LOSS, "self.log_alpha_prime.exp().clamp(0.0, 1e6)", "self.log_alpha_prime.exp().clamp(0.0, 2.0)"),
+ (TERMS, "return log_alpha_prime.exp().clamp(0.0, 1e6)", "return log_alpha_prime.exp().clamp(0.0, 2.0)"),
  (LOSS, "self.n_updates < self.bc_steps", "self.n_updates <= self.bc_steps"),
  (LOSS, "self._q_values(self.qvalue_network_params.detach(), self._critic_inputs(td, smp.a_pi",
         "self._q_values(self.qvalue_network_params, self._critic_inputs(td, smp.a_pi"),

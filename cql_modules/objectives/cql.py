@@ -337,7 +337,7 @@ class CQLLoss(CriticEnsembleMixin, LossModule):
 
     @property
     def alpha_prime(self) -> torch.Tensor | None:
-        return self.log_alpha_prime.exp().clamp(0.0, 1e6) if self.lagrange else None
+        return terms.lagrange_multiplier(self.log_alpha_prime) if self.lagrange else None
 
     # ------------------------------------------------------------------ sampling
     def _sample_policy(self, dist, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,13 @@ from torchrl.objectives.utils import _reduce, _vmap_func
 
 from cql_modules.objectives.cql import CQLLoss
 from cql_modules.objectives.ensemble import check_loss_options, read_key, reinit_parameters
-from cql_modules.objectives.terms import alpha_prime_loss, conservative_gap, conservative_penalty, td_distance
+from cql_modules.objectives.terms import (
+    alpha_prime_loss,
+    conservative_gap,
+    conservative_penalty,
+    lagrange_multiplier,
+    td_distance,
+)
 
 __all__ = ["DiscreteCQLLoss"]
 
@@ -328,7 +334,7 @@ class DiscreteCQLLoss(LossModule):
         optimizer step); this loss has no warm-up phase, so there is nothing to count."""
 
     def _alpha_prime(self) -> torch.Tensor | None:
-        return self.log_alpha_prime.exp().clamp(0.0, 1e6) if self.lagrange else None
+        return lagrange_multiplier(self.log_alpha_prime) if self.lagrange else None
 
     def _flat(self, tensordict: TensorDictBase) -> TensorDictBase:
         return tensordict.reshape(-1) if tensordict.ndim != 1 else tensordict

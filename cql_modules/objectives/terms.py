@@ -27,6 +27,7 @@ __all__ = [
     "conservative_gap",
     "conservative_penalty",
     "critic_loss_terms",
+    "lagrange_multiplier",
     "td_distance",
     "td_target",
     "temperature_loss",
@@ -160,6 +161,12 @@ def conservative_penalty(
     if alpha_prime is None:
         return cql_alpha * gap
     return alpha_prime.detach() * cql_alpha * (gap - target_action_gap)
+
+
+def lagrange_multiplier(log_alpha_prime: torch.Tensor) -> torch.Tensor:
+    r"""The Lagrange multiplier from its learned log (docs/cql.md, section 5):
+    :math:`\alpha' = \mathrm{clamp}(e^{\log\alpha'}, 0, 10^6)` (CQL's reference code)."""
+    return log_alpha_prime.exp().clamp(0.0, 1e6)
 
 
 def alpha_prime_loss(
