@@ -25,7 +25,6 @@ wrapped by TorchRL's ``GymWrapper``; only complete episodes are kept.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import shutil
@@ -43,6 +42,7 @@ import torch
 
 from . import keys
 from .behaviour import ActionFn, BehaviourPolicy, DiscreteBehaviourPolicy, resolve_policy
+from .envs import register_robotics_envs
 from .errors import DatasetError
 from .minari_source import is_local_minari, minari_root
 
@@ -81,13 +81,10 @@ def lookup_env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
         return gym.spec(env_id)
     except gym.error.Error as err:
         try:
-            with contextlib.redirect_stderr(io.StringIO()):  # its import prints a version notice
-                import gymnasium_robotics
-
-            gym.register_envs(gymnasium_robotics)
+            register_robotics_envs()
             return gym.spec(env_id)
-        except ImportError:
-            hint = "; gymnasium-robotics is not installed (pip install 'cql-modules[mujoco]')"
+        except DatasetError as missing:  # gymnasium-robotics is not installed
+            hint = f"; {missing}"
         except gym.error.Error:
             hint = ""
         raise DatasetError(f"unknown gymnasium environment '{env_id}': {err}{hint}") from None

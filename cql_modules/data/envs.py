@@ -14,6 +14,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import gymnasium as gym
 import numpy as np
 import torch
@@ -69,17 +72,28 @@ def no_env_reason(info: DatasetInfo) -> str:
     return f"dataset '{info.name}' names no evaluation environment; pass a gymnasium env id"
 
 
+def register_robotics_envs() -> None:
+    """Register gymnasium-robotics' envs (mazes, AntMaze, Adroit) with gymnasium, which does
+    not know them until the package is imported; a one-line :class:`DatasetError` if it is
+    not installed."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # its import prints a version notice
+            import gymnasium_robotics
+    except ImportError:
+        raise DatasetError("gymnasium-robotics is not installed (pip install 'cql-modules[mujoco]')") from None
+    gym.register_envs(gymnasium_robotics)
+
+
 def _gym_make(env_ref, **make_kwargs) -> gym.Env:
     """``gym.make``; registers gymnasium-robotics' envs on demand."""
     try:
         return gym.make(env_ref, **make_kwargs)
     except gym.error.Error:
         try:
-            import gymnasium_robotics
-        except ImportError:
+            register_robotics_envs()
+        except DatasetError as err:
             raise DatasetError(f"cannot make environment '{getattr(env_ref, 'id', env_ref)}': not registered, "
-                               f"and gymnasium-robotics is not installed (pip install 'cql-modules[mujoco]')") from None
-        gym.register_envs(gymnasium_robotics)
+                               f"and {err}") from None
         return gym.make(env_ref, **make_kwargs)
 
 

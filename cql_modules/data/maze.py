@@ -33,18 +33,13 @@ import gymnasium as gym
 import numpy as np
 
 from .collect import register_local_builder, write_minari_dataset
+from .envs import register_robotics_envs
 
 MAZE_DATASET_ID = "cql-modules/pointmaze/medium-v0"
 MAZE_ENV_ID = "PointMaze_Medium-v3"
 EVAL_RESET_CELL, EVAL_GOAL_CELL = (3, 3), (6, 5)
 EPISODE_STEPS = 600
 KP, KD = 10.0, 1.0  # PD gains: action = clip(KP * (waypoint - position) - KD * velocity, -1, 1)
-
-
-def _register() -> None:
-    import gymnasium_robotics
-
-    gym.register_envs(gymnasium_robotics)
 
 
 @dataclass
@@ -86,7 +81,7 @@ class MazeGrid:
 
     @classmethod
     def of_env(cls, env_id: str = MAZE_ENV_ID) -> MazeGrid:
-        _register()
+        register_robotics_envs()
         spec = gym.spec(env_id)
         walls = [[cell == 1 for cell in row] for row in spec.kwargs["maze_map"]]
         return cls(np.array(walls), float(spec.kwargs.get("maze_size_scaling", 1.0)))
@@ -132,7 +127,7 @@ def maze_map(env_id: str = MAZE_ENV_ID) -> list[list]:
 
 def make_maze_envs(n: int) -> list[gym.Env]:
     """``n`` copies of the task's env (the dataset's env spec and evaluation env spec)."""
-    _register()
+    register_robotics_envs()
     return [gym.make(MAZE_ENV_ID, maze_map=maze_map(), continuing_task=True, reset_target=False,
                      max_episode_steps=EPISODE_STEPS) for _ in range(n)]
 
