@@ -4,8 +4,9 @@
 One ``CQLLoss`` + ``UpdateStep`` at CORL's shape (``bench_update.py``'s builder); each
 round times ``--steps`` updates per block size, block sizes alternating (order rotated
 per round), so that the noise of shared cores hits every size alike. Prints the median
-rate per size and its ratio to the cache-derived default
-(``cql_modules.objectives.fused.default_block_rows``), paired per round.
+rate per size and its ratio to the cache-derived size
+(``cql_modules.objectives.cache_blocking.default_block_rows``; ``CQLLoss`` uses 2048 rows
+unless ``fused_block_rows=None``), paired per round.
 
     python benchmarks/bench_block_rows.py --threads 2 --rows 256,512,1024,2048,4096,8192
 """
