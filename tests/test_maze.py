@@ -36,9 +36,10 @@ def tiny(tmp_path_factory):
 
 
 def test_grid_shortest_paths(grid):
-    # PointMaze Medium: 8x8, the evaluation cells are 7 moves apart; the longest path is 11
+    # PointMaze Medium: 8x8, the evaluation cells are 3 moves apart; the longest path is 11
     a, b = grid.index[EVAL_RESET_CELL], grid.index[EVAL_GOAL_CELL]
-    assert grid.distance[a, b] == 7 and grid.distance.max() == 11
+    assert grid.distance[a, b] == 3 and grid.distance.max() == 11
+    assert grid.distance[grid.index[3, 3], b] == 7
     assert grid.distance[grid.index[1, 1], grid.index[6, 5]] == 11
     n = len(grid.cells)
     for a in range(n):
@@ -62,10 +63,12 @@ def test_cell_coordinates_match_the_env(grid):
 def test_planner_solves_the_evaluation_task(grid):
     eps = run_episodes(make_maze_envs(2), 2, planner_policy(grid), seed=0)
     for ep in eps:
-        assert ep["success"] and len(ep["rewards"]) == EPISODE_STEPS
-        # the goal stays: once there, the planner holds it (most of the remaining steps)
-        first = int(np.argmax(ep["rewards"] > 0))
-        assert ep["rewards"][first:].mean() > 0.9
+        # the episode ends at the goal: reward 0 on the way, 1 on the last (terminal) step
+        n = len(ep["rewards"])
+        assert ep["success"] and 20 < n < EPISODE_STEPS // 3
+        np.testing.assert_array_equal(ep["rewards"], np.eye(n)[-1])
+        np.testing.assert_array_equal(ep["terminations"], np.eye(n, dtype=bool)[-1])
+        assert not ep["truncations"].any()
         start = ep["observations"]["achieved_goal"][0]
         assert grid.cells[grid.cell_of(start)] == EVAL_RESET_CELL
         assert grid.cells[grid.cell_of(ep["observations"]["desired_goal"][0])] == EVAL_GOAL_CELL
@@ -90,7 +93,13 @@ def test_driver_changes_waypoint_when_reached(grid):
 def test_tiny_build_loads_with_its_evaluation_task(tiny):
     rb, info = load_dataset(TINY, normalize_states=False)
     data = rb[: len(rb)]
-    assert len(rb) == 4 * EPISODE_STEPS and tiny["transitions"] == len(rb)
+    assert tiny["transitions"] == len(rb)
+    terminated, done = data[keys.TERMINATED].squeeze(-1).numpy(), data[keys.DONE].squeeze(-1).numpy()
+    ends = np.flatnonzero(done) + 1
+    assert len(ends) == 4 and ends[-1] == len(rb)
+    lengths = np.diff(ends, prepend=0)
+    # an episode ends at the goal (terminated) or after EPISODE_STEPS steps (truncated)
+    assert all(n == EPISODE_STEPS or terminated[end - 1] for n, end in zip(lengths, ends))
     # flattened goal observation: achieved_goal (= position), desired_goal, position, velocity
     assert info.observation_keys == ("achieved_goal", "desired_goal", "observation")
     obs, nxt = data[keys.OBSERVATION].numpy(), data[keys.NEXT_OBSERVATION].numpy()
@@ -98,26 +107,27 @@ def test_tiny_build_loads_with_its_evaluation_task(tiny):
     # sparse reward: 1 within 0.45 of the goal, read from the next observation
     raw = (np.linalg.norm(nxt[:, 0:2] - nxt[:, 2:4], axis=-1) <= 0.45).astype(np.float32)
     np.testing.assert_array_equal(data[keys.REWARD].squeeze(-1).numpy(), raw)
-    assert raw.sum() == pytest.approx(tiny["goal_steps_per_episode"] * 4)
+    np.testing.assert_array_equal(raw, terminated)
+    assert raw.sum() == pytest.approx(tiny["episodes_at_goal"] * 4)
     assert info.sparse_reward
     # D4RL maze2d: one goal (cell (6, 5)) per episode, episodes start in random cells
     grid = MazeGrid.of_env()
-    starts = obs[::EPISODE_STEPS]
+    starts = obs[ends - lengths]
     assert {grid.cells[grid.cell_of(g)] for g in obs[:, 2:4]} == {EVAL_GOAL_CELL}
     assert len({grid.cells[grid.cell_of(p)] for p in starts[:, 0:2]}) > 1
-    for k in range(4):
-        episode_goals = obs[k * EPISODE_STEPS : (k + 1) * EPISODE_STEPS, 2:4]
+    for end, n in zip(ends, lengths):
+        episode_goals = obs[end - n : end, 2:4]
         np.testing.assert_array_equal(episode_goals, np.broadcast_to(episode_goals[0], episode_goals.shape))
     # references measured at build time on the evaluation task
     assert (info.ref_min_score, info.ref_max_score) == (tiny["random_return"], tiny["planner_return"])
     assert tiny["planner_success"] == 1.0 and tiny["planner_return"] > tiny["random_return"]
-    # the evaluation env is the dataset's: fixed start and goal cells, the goal kept once reached
+    # the evaluation env is the dataset's: fixed start and goal cells, the episode ends at the goal
     env = make_env(info, normalizer=None, seed=0)
     first = env.reset()[keys.OBSERVATION].numpy()
     assert grid.cells[grid.cell_of(first[0:2])] == EVAL_RESET_CELL
     assert grid.cells[grid.cell_of(first[2:4])] == EVAL_GOAL_CELL
     unwrapped = env.base_env._env.unwrapped
-    assert unwrapped.continuing_task and not unwrapped.reset_target
+    assert not unwrapped.continuing_task and not unwrapped.reset_target
 
 
 def test_embedded_id_is_built_on_demand():

@@ -1,23 +1,23 @@
 """The embedded goal-reaching dataset: PointMaze Medium in the style of D4RL's maze2d.
 
-``cql-modules/pointmaze/medium-v0`` (:data:`MAZE_DATASET_ID`) is built on first use
+``cql-modules/pointmaze/medium-v1`` (:data:`MAZE_DATASET_ID`) is built on first use
 (``load_dataset(MAZE_DATASET_ID)``), with no network, like the Pendulum dataset:
 
 * environment and task: gymnasium-robotics ``PointMaze_Medium-v3`` (8x8 grid, a
   force-controlled ball) with the goal in cell (6, 5) (``"g"`` in the maze map; position
-  noise +-0.25), sparse reward 1 within 0.45 of it, 600-step episodes, and the goal stays
-  put once reached (``continuing_task``, no ``reset_target``): the return counts the steps
-  spent at the goal, D4RL maze2d's score (faster is better); ``info["success"]`` says
+  noise +-0.25), sparse reward 1 within 0.45 of it, and the episode ends there
+  (``continuing_task=False``: a goal-reaching task scored like AntMaze, return 1 on
+  success, 0 after :data:`EPISODE_STEPS` steps without it); ``info["success"]`` says
   whether it was reached. Observations are the env's ``Dict`` (``achieved_goal``,
   ``desired_goal``, ``observation`` = position and velocity), flattened to 8 numbers;
 * behaviour (:class:`PlannerDriver`, as D4RL's maze2d collection): each episode starts in a
   random cell; a scripted planner drives to random waypoint cells of its own, one after the
   other: shortest path on the maze grid (breadth-first search, :class:`MazeGrid`), then a
   PD controller from cell centre to cell centre, plus Gaussian action noise. It is rewarded
-  only when its path happens to cross the goal, and it never stays there, so the data
-  covers the maze but almost never shows the evaluation task from start to end;
-* evaluation (the same env spec): start in cell (3, 3), 7 moves from the goal around a wall
-  (about 120 steps for the planner); reference scores measured at build time on it and stored in the metadata:
+  only when its path happens to cross the goal (which ends its episode), so the data
+  covers the maze but rarely shows the evaluation task from start to end;
+* evaluation (the same env spec): start in cell (4, 6), 3 moves from the goal around the
+  end of a wall (about 50 steps for the planner); reference scores measured at build time on it and stored in the metadata:
   ``ref_min_score`` = the uniform random policy, ``ref_max_score`` = the planner driving to
   the goal without noise (each over ``reference_episodes`` episodes); the description
   records both success rates too.
@@ -35,10 +35,10 @@ import numpy as np
 from .collect import register_local_builder, write_minari_dataset
 from .envs import register_robotics_envs
 
-MAZE_DATASET_ID = "cql-modules/pointmaze/medium-v0"
+MAZE_DATASET_ID = "cql-modules/pointmaze/medium-v1"
 MAZE_ENV_ID = "PointMaze_Medium-v3"
-EVAL_RESET_CELL, EVAL_GOAL_CELL = (3, 3), (6, 5)
-EPISODE_STEPS = 600
+EVAL_RESET_CELL, EVAL_GOAL_CELL = (4, 6), (6, 5)
+EPISODE_STEPS = 300  # a time limit 6x the planner's path: failed online episodes stay short
 KP, KD = 10.0, 1.0  # PD gains: action = clip(KP * (waypoint - position) - KD * velocity, -1, 1)
 
 
@@ -128,7 +128,7 @@ def maze_map(env_id: str = MAZE_ENV_ID) -> list[list]:
 def make_maze_envs(n: int) -> list[gym.Env]:
     """``n`` copies of the task's env (the dataset's env spec and evaluation env spec)."""
     register_robotics_envs()
-    return [gym.make(MAZE_ENV_ID, maze_map=maze_map(), continuing_task=True, reset_target=False,
+    return [gym.make(MAZE_ENV_ID, maze_map=maze_map(), continuing_task=False, reset_target=False,
                      max_episode_steps=EPISODE_STEPS) for _ in range(n)]
 
 
@@ -235,7 +235,7 @@ def random_policy(seed: int = 0):
 def build_maze_dataset(
     dataset_id: str = MAZE_DATASET_ID,
     *,
-    episodes: int = 200,
+    episodes: int = 800,
     noise_std: float = 0.5,
     reference_episodes: int = 20,
     num_envs: int = 16,
@@ -264,8 +264,8 @@ def build_maze_dataset(
         return float(np.mean([e["rewards"].sum() for e in eps])), float(np.mean([e["success"] for e in eps]))
 
     (random_return, random_success), (planner_return, planner_success) = stats(rand), stats(plan)
-    goal_steps = float(np.mean([e["rewards"].sum() for e in data]))
-    episodes_at_goal = float(np.mean([e["success"] for e in data]))
+    transitions = sum(len(e["rewards"]) for e in data)
+    episodes_at_goal = float(np.mean([e["success"] for e in data]))  # = rewarded steps per episode (each ends there)
     write_minari_dataset(
         dataset_id,
         [{k: v for k, v in e.items() if k != "success"} for e in data],
@@ -277,10 +277,10 @@ def build_maze_dataset(
         algorithm_name=f"cql-modules BFS + PD maze planner, random waypoints, action noise {noise_std}",
         code_permalink="cql_modules/data/maze.py",
         description=(
-            f"{MAZE_ENV_ID}, goal cell {EVAL_GOAL_CELL}, {episodes} episodes of {EPISODE_STEPS} steps from random "
-            f"cells: a shortest-path + PD planner driving to random waypoints with Gaussian action noise (std "
-            f"{noise_std}); {episodes_at_goal:.2f} of the episodes pass the goal, {goal_steps:.2f} rewarded steps per "
-            f"episode. Evaluation: from cell {EVAL_RESET_CELL}, return = steps at the goal. "
+            f"{MAZE_ENV_ID}, goal cell {EVAL_GOAL_CELL}, the episode ends at the goal. {episodes} episodes of at most "
+            f"{EPISODE_STEPS} steps ({transitions} transitions) from random cells: a shortest-path + PD planner "
+            f"driving to random waypoints with Gaussian action noise (std {noise_std}); {episodes_at_goal:.3f} of the "
+            f"episodes reach the goal. Evaluation: from cell {EVAL_RESET_CELL}, return = 1 if the goal is reached. "
             f"References over {reference_episodes} episodes: random policy return {random_return:.1f} (success "
             f"{random_success:.2f}), noise-free planner return {planner_return:.1f} (success {planner_success:.2f}). "
             f"Built by cql_modules.data.maze.build_maze_dataset(seed={seed})."
@@ -289,8 +289,7 @@ def build_maze_dataset(
     )
     return {
         "episodes": episodes,
-        "transitions": episodes * EPISODE_STEPS,
-        "goal_steps_per_episode": goal_steps,
+        "transitions": transitions,
         "episodes_at_goal": episodes_at_goal,
         "random_return": random_return,
         "random_success": random_success,
