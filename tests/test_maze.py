@@ -132,3 +132,40 @@ def test_tiny_build_loads_with_its_evaluation_task(tiny):
 
 def test_embedded_id_is_built_on_demand():
     assert locate_dataset(MAZE_DATASET_ID) == ("minari", MAZE_DATASET_ID)
+
+
+@pytest.mark.parametrize("preset", ["pointmaze", "pointmaze-cal_ql"])
+def test_finetune_preset_end_to_end(tiny, tmp_path, preset):
+    """The README's maze presets through the recipe's command line, on the tiny build: the
+    score is the success rate normalized between the build's two references, and the final
+    line reports offline and final scores, the success rate and the regret."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    small = ["offline_updates=100", "online_updates=300", "batch_size=32", "network.hidden_dim=16",
+             "loss.num_actions=4", "eval.every=100", "eval.n_episodes=2", "logger.every=100", "checkpoint.every=0",
+             "logger.backends=[]", "logger.progress=false"]
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "recipes" / "finetune_cql.py"),
+                          f"finetune={preset}", f"dataset.name={TINY}", *small, f"hydra.run.dir={run}"],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = out.stdout.strip().splitlines()[-1]
+    for field in ("offline normalized_score", "final normalized_score", "final success_rate", "regret"):
+        assert field in last
+    summary = json.loads((run / "summary.json").read_text())
+    c = summary["config"]
+    assert (c["dataset"]["reward_scale"], c["dataset"]["reward_bias"], c["loss"]["cql_alpha"]) == (10.0, -5.0, 1.0)
+    assert c["loss"]["calibrated"] == (preset == "pointmaze-cal_ql")
+    assert c["online"]["replay"] == ("mix" if preset == "pointmaze-cal_ql" else "add")
+    lo, hi = tiny["random_return"], tiny["planner_return"]
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [m for m in evals if "eval/success_rate" in m]
+    assert [m["step"] for m in evals] == [100, 200, 300, 400]
+    for m in evals:  # return 1 on success, 0 otherwise
+        assert m["eval/return_mean"] == pytest.approx(m["eval/success_rate"])
+        assert m["d4rl_normalized_score"] == pytest.approx(100 * (m["eval/success_rate"] - lo) / (hi - lo))
+    assert summary["status"] == "completed" and summary["online_env_steps"] == 300
