@@ -65,11 +65,9 @@ OUR_MODES: dict[str, dict[str, dict]] = {
     "bf16-critic": {"loss": {"critic_compute_dtype": torch.bfloat16}},
     "compile-bf16-critic": {"loss": {"critic_compute_dtype": torch.bfloat16}, "step": {"compile": True}},
     # CUDA graphs through inductor (on CPU the same as "compile"); --cuda-graph instead
-    # captures the whole step (loss, backward, Adam, SoftUpdate) with CudaGraphModule
+    # captures the whole step (loss, backward, Adam, SoftUpdate): UpdateStep(cuda_graph=True)
     "compile-reduce-overhead": {"step": {"compile": "reduce-overhead"}},
     "eager-foreach-adam": {"optimizer": {"fused": False}},
-    # the fused critic's block size from the L2 size (cache_blocking.default_block_rows)
-    # instead of CQLLoss's constant
     # fused-pass blocks from the L2 size (cache_blocking.default_block_rows) instead of 2048
     "eager-l2-blocks": {"loss_attrs": {"fused_block_rows": lambda loss: None}},
     "eager-autograd-critic": {"loss": {"fused_critic": False}},
@@ -434,13 +432,10 @@ def build_ours(mode: str, args, device, rb):
         if not hasattr(loss, name):
             raise NotImplementedError(f"unsupported: CQLLoss has no attribute {name!r}")
         setattr(loss, name, value(loss) if callable(value) else value)
+    if args.cuda_graph:  # the whole step captured once and replayed (UpdateStep's cuda_graph)
+        opt_kw = {**opt_kw, "capturable": True}
+        step_kw = {**step_kw, "cuda_graph": True, "cuda_graph_warmup": args.cuda_graph_warmup}
     update = UpdateStep(loss, make_optimizer(loss, **opt_kw), tau=5e-3, **step_kw)
-    if args.cuda_graph:
-        # the whole step captured once and replayed: no per-op launch or Python cost; the
-        # sampled batch is copied into the graph's static input
-        from tensordict.nn import CudaGraphModule
-
-        update = CudaGraphModule(update, warmup=args.cuda_graph_warmup, device=device)
 
     def step():
         return update(rb.sample())

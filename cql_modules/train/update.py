@@ -19,7 +19,7 @@ from torchrl.objectives import SoftUpdate
 
 from cql_modules.objectives.cql import CQLLoss
 
-__all__ = ["make_optimizer", "UpdateStep", "LOSS_KEYS", "tune_cpu_allocator"]
+__all__ = ["make_optimizer", "UpdateStep", "LOSS_KEYS", "tune_cpu_allocator", "cuda_graph_problem"]
 
 LOSS_KEYS = ("loss_actor", "loss_qvalue", "loss_alpha", "loss_alpha_prime")
 
@@ -55,6 +55,7 @@ def make_optimizer(
     alpha_lr: float | None = None,
     alpha_prime_lr: float | None = None,
     fused: bool | None = None,
+    capturable: bool = False,
 ) -> torch.optim.Adam:
     """Adam over the actor, the critic ensemble, log_alpha and log_alpha_prime.
 
@@ -74,7 +75,8 @@ def make_optimizer(
     if fused is None:
         fused = device.type in ("cuda", "cpu")
     kwargs = {"fused": True} if fused else {"foreach": True}
-    return torch.optim.Adam(groups, **kwargs)
+    # capturable: the step counters live on the device, so a CUDA graph can replay Adam
+    return torch.optim.Adam(groups, capturable=capturable, **kwargs)
 
 
 class UpdateStep:
@@ -92,6 +94,13 @@ class UpdateStep:
             compile mode such as ``"max-autotune-no-cudagraphs"``).
         tune_allocator: on CPU, apply :func:`tune_cpu_allocator` (process-wide; off by
             default: the fused critic pass reuses its buffers and no longer needs it).
+        cuda_graph: capture the whole step (zero_grad, loss, backward, Adam, Polyak update)
+            once in a CUDA graph (tensordict's ``CudaGraphModule``) and replay it: no
+            per-kernel launch or Python cost. Needs the loss on a CUDA device, an optimizer
+            made with ``capturable=True`` and ``target_update_period=1`` (a replayed graph
+            runs no Python branch; the BC warm-up is a ``torch.where`` on a device counter,
+            so it replays correctly). Batches must keep one shape.
+        cuda_graph_warmup: eager steps before the capture (``torch.compile`` needs a few).
 
     Returns detached metric tensors (no host sync): aggregate them over a logging
     interval and call ``.item()`` once per interval.
@@ -106,6 +115,8 @@ class UpdateStep:
         target_update_period: int = 1,
         compile: bool | str = False,
         tune_allocator: bool = False,
+        cuda_graph: bool = False,
+        cuda_graph_warmup: int = 3,
     ) -> None:
         if tune_allocator and loss.action_low.device.type == "cpu":
             tune_cpu_allocator()
@@ -119,6 +130,15 @@ class UpdateStep:
             mode = compile if isinstance(compile, str) else None
             fn = torch.compile(fn, mode=mode, dynamic=False)
         self._loss_and_grad_fn = fn
+        self._graph = None
+        if cuda_graph:
+            problem = cuda_graph_problem(loss, optimizer, self.target_update_period)
+            if problem:
+                raise ValueError(f"cuda_graph: {problem}")
+            from tensordict.nn import CudaGraphModule
+
+            self._graph = CudaGraphModule(self._step, warmup=cuda_graph_warmup, in_keys=[], out_keys=[],
+                                          device=loss.action_low.device)
 
     def _loss_and_grad(self, batch: TensorDictBase) -> TensorDictBase:
         out = self.loss(batch)
@@ -126,12 +146,31 @@ class UpdateStep:
         total.backward()
         return out.detach()
 
-    def __call__(self, batch: TensorDictBase) -> TensorDict:
+    def _step(self, batch: TensorDictBase, update_target: bool = True) -> TensorDictBase:
         self.optimizer.zero_grad(set_to_none=True)
         out = self._loss_and_grad_fn(batch)
         self.optimizer.step()
         self.loss.count_update()  # the BC warm-up counts optimizer updates
-        self.n_steps += 1
-        if self.n_steps % self.target_update_period == 0:
+        if update_target:
             self.target_updater.step()
         return out
+
+    def __call__(self, batch: TensorDictBase) -> TensorDict:
+        if self._graph is not None:
+            out = self._graph(batch)
+        else:
+            out = self._step(batch, update_target=(self.n_steps + 1) % self.target_update_period == 0)
+        self.n_steps += 1
+        return out
+
+
+def cuda_graph_problem(loss: CQLLoss, optimizer: torch.optim.Optimizer, target_update_period: int) -> str | None:
+    """Why :class:`UpdateStep` cannot replay this setup as a CUDA graph (None if it can)."""
+    device = loss.action_low.device
+    if device.type != "cuda":
+        return f"needs the loss on a CUDA device, it is on {device} (use the CPU path without cuda_graph)"
+    if not all(group.get("capturable") for group in optimizer.param_groups):
+        return "the optimizer must be capturable: make_optimizer(..., capturable=True)"
+    if target_update_period != 1:
+        return f"target_update_period must be 1 (a replayed graph runs no Python branch), got {target_update_period}"
+    return None
