@@ -4,7 +4,7 @@
 
 Per variant (the config fields that differ between the runs, as ``recipes/report.py``
 groups them), mean +- std over seeds of: the score at the end of the offline phase, the
-final score, the initial dip (the offline score minus the lowest score of the evaluations
+final score, the success rates at those two points (where the env reports success), the initial dip (the offline score minus the lowest score of the evaluations
 in the first ``--window`` online updates, 0 if none is lower), CORL's training regret
 (mean of 1 - success over the online training episodes) and the evaluation regret (mean of
 1 - clip(score / 100, 0, 1) over the online evaluations). Writes ``finetune_table.md`` and
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cql_modules.report import SCORE_KEY, find_runs, group_runs, plot_curves
+from cql_modules.report import find_runs, group_runs, plot_curves
+from cql_modules.report.figures import SCORE_KEY
 
 
 def dip(run, window: int) -> float | None:
@@ -29,6 +30,12 @@ def dip(run, window: int) -> float | None:
     return max(0.0, offline - min(early)) if early else None
 
 
+def success_at(run, step: int | None) -> float | None:
+    """The evaluation success rate logged at update ``step`` (None: not logged)."""
+    found = [r["eval/success_rate"] for r in run.records if r.get("step") == step and "eval/success_rate" in r]
+    return found[-1] if found else None
+
+
 def mean_std(values) -> str:
     v = np.array([x for x in values if x is not None], dtype=float)
     if v.size == 0:
@@ -37,7 +44,8 @@ def mean_std(values) -> str:
 
 
 def table(groups, window: int) -> str:
-    header = ["variant", "seeds", "offline score", "final score", f"dip (first {window} online updates)",
+    header = ["variant", "seeds", "offline score", "final score", "offline success", "final success",
+              f"dip (first {window} online updates)",
               "train regret", "eval regret", "wall (min)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for g in groups:
@@ -46,6 +54,8 @@ def table(groups, window: int) -> str:
             g.variant, str(len(runs)),
             mean_std(r.get("offline_normalized_score") for r in runs),
             mean_std(r.get("final_normalized_score") for r in runs),
+            mean_std(success_at(r, r.get("offline_updates")) for r in runs),
+            mean_std(success_at(r, r.get("updates")) for r in runs),
             mean_std(dip(r, window) for r in runs),
             mean_std(r.get("train_regret") for r in runs),
             mean_std(r.get("eval_regret") for r in runs),
