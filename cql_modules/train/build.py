@@ -16,7 +16,11 @@ from cql_modules.train.config import ConfigError, OfflineConfig
 from cql_modules.train.state import seed_everything
 from cql_modules.train.update import UpdateStep, make_optimizer
 
-__all__ = ["setup_run", "resolve_device", "load_data", "make_eval_env", "build_learner"]
+__all__ = ["setup_run", "resolve_device", "load_data", "make_eval_env", "native_bf16", "critic_compute_dtype",
+           "build_learner"]
+
+#: ``precision`` -> ``CQLLoss(critic_compute_dtype=...)``; ``auto`` resolves to one of these.
+PRECISION_DTYPES = {"fp32": None, "bf16": "bfloat16"}
 
 
 def setup_run(c: OfflineConfig) -> torch.device:
@@ -58,6 +62,35 @@ def make_eval_env(c: OfflineConfig, info: Any, device: torch.device | str = "cpu
         raise ConfigError(f"eval.every: cannot evaluate on {info.name} ({err}); eval.every=0 trains without") from err
 
 
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` runs bf16 matmuls natively: a CUDA GPU with bf16 units, or a CPU
+    with AVX512_BF16 or AMX-BF16 (torch's cpuinfo flags). Elsewhere oneDNN emulates bf16,
+    slower than fp32, so ``precision=auto`` stays fp32 and ``precision=bf16`` is refused."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        caps = torch.cpu.get_capabilities()
+        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    return False
+
+
+def critic_compute_dtype(c: OfflineConfig, device: torch.device | str) -> str | None:
+    """``CQLLoss``'s ``critic_compute_dtype`` for this run: ``loss.critic_compute_dtype`` if given
+    (``validate_config`` refuses it together with a ``precision`` other than fp32), else
+    ``precision`` (``auto``: bf16 where :func:`native_bf16`). :class:`ConfigError` for bf16 on a
+    device without native bf16 matmul."""
+    if c.loss.critic_compute_dtype is not None:
+        return c.loss.critic_compute_dtype
+    precision = c.precision
+    if precision == "auto":
+        precision = "bf16" if native_bf16(device) else "fp32"
+    elif precision == "bf16" and not native_bf16(device):
+        raise ConfigError(f"precision: bf16 needs native bf16 matmul (AVX512_BF16 or AMX on a CPU, a bf16 GPU), which "
+                          f"device {device} lacks; use precision=auto (bf16 only where native) or precision=fp32")
+    return PRECISION_DTYPES[precision]
+
+
 def build_learner(c: OfflineConfig, info: Any, device: torch.device | str = "cpu", *,
                   update_cls: type = UpdateStep):
     """``(actor, loss, update_step)`` from the config: CORL's networks, :class:`CQLLoss` (every
@@ -72,8 +105,9 @@ def build_learner(c: OfflineConfig, info: Any, device: torch.device | str = "cpu
                        orthogonal_init=n.orthogonal_init)
     critic = make_critic(obs_dim, act_dim, hidden_dim=n.hidden_dim, n_hidden_layers=n.q_n_hidden_layers,
                          orthogonal_init=n.orthogonal_init)
+    loss_kwargs = {**asdict(c.loss), "critic_compute_dtype": critic_compute_dtype(c, device)}
     try:
-        loss = CQLLoss(actor, critic, action_spec=action_spec, **asdict(c.loss)).to(device)
+        loss = CQLLoss(actor, critic, action_spec=action_spec, **loss_kwargs).to(device)
     except ValueError as err:  # a combination the field checks cannot see
         raise ConfigError(f"loss: {err}") from err
     optimizer = make_optimizer(loss, actor_lr=c.optim.actor_lr, critic_lr=c.optim.critic_lr,

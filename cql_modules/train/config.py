@@ -22,6 +22,7 @@ from cql_modules.objectives.cql import CQLLoss
 
 __all__ = [
     "ConfigError",
+    "PRECISIONS",
     "DatasetConfig",
     "NetworkConfig",
     "LossConfig",
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 LOGGER_BACKENDS = ("csv", "tensorboard", "wandb")
+#: values of ``precision`` (the critics' compute dtype; mapped onto ``CQLLoss`` in ``train/build.py``)
+PRECISIONS = ("fp32", "bf16", "auto")
 #: ``CQLLoss`` arguments that are objects built by the recipe, not configuration values.
 LOSS_NON_CONFIG_ARGS = ("self", "actor_network", "qvalue_network", "action_spec")
 
@@ -150,6 +153,7 @@ class OfflineConfig:
     compile: bool = False  #: torch.compile the loss forward + backward
     tune_allocator: bool = False  #: raise glibc's malloc thresholds (process-wide; see UpdateStep)
     num_threads: Optional[int] = None  #: torch CPU threads (None: torch's default)
+    precision: str = "fp32"  #: critics' hidden layers: fp32, bf16, auto (bf16 where the device has native bf16 matmul)
     resume: bool = False  #: continue from the checkpoint in checkpoint.load_from or the run dir
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -275,6 +279,11 @@ def check_cql_learner(check: _Checker, c: Any) -> None:
     check(math.isfinite(c.loss.target_action_gap), "loss.target_action_gap", "must be finite")
     check(c.loss.critic_compute_dtype in (None, "bfloat16", "float16", "float32"), "loss.critic_compute_dtype",
           "must be null, bfloat16, float16 or float32")
+    check(c.precision in PRECISIONS, "precision", f"must be {', '.join(PRECISIONS)}")
+    # precision is the recipe's switch and sets loss.critic_compute_dtype (the loss's own,
+    # lower-level argument, which also takes float16): one of the two, never both.
+    check(c.precision == "fp32" or c.loss.critic_compute_dtype is None, "precision",
+          f"sets loss.critic_compute_dtype (given as {c.loss.critic_compute_dtype}); set only one of them")
     # optim
     for key in ("actor_lr", "critic_lr"):
         check.positive(f"optim.{key}")
