@@ -84,6 +84,7 @@ def check_discrete_learner(check, c: DiscreteConfig) -> None:
     check(c.loss.reduction in ("mean", "sum"), "loss.reduction", "must be mean or sum (an update needs a scalar loss)")
     check(c.optim.target_update in ("soft", "hard"), "optim.target_update", "must be soft or hard")
     check(c.precision == "fp32", "precision", "must be fp32: the discrete learner has no bf16 path")
+    check(not c.cuda_graph, "cuda_graph", "must be false: the discrete learner has no CUDA-graph path")
     check(0 < c.optim.tau <= 1, "optim.tau", "must be in (0, 1]")
 
 

@@ -18,7 +18,7 @@ from cql_modules.train.run_logger import METRICS_FILE, REEVALUATIONS, SUMMARY_FI
 __all__ = ["BOOKKEEPING", "Group", "Run", "domain_of", "find_runs", "group_runs", "variant_keys"]
 
 #: config fields that do not define an experiment (never make two runs different variants)
-BOOKKEEPING = ("seed", "resume", "device", "num_threads", "compile", "logger.", "checkpoint.", "dataset.name",
+BOOKKEEPING = ("seed", "resume", "device", "num_threads", "compile", "cuda_graph", "logger.", "checkpoint.", "dataset.name",
                "dataset.download")
 DOMAINS = {  # dataset name pattern -> domain, first match wins
     r"(halfcheetah|hopper|walker2d|ant)[-/](random|medium|expert|simple|full)": "locomotion",

@@ -111,7 +111,11 @@ def build_learner(c: OfflineConfig, info: Any, device: torch.device | str = "cpu
     except ValueError as err:  # a combination the field checks cannot see
         raise ConfigError(f"loss: {err}") from err
     optimizer = make_optimizer(loss, actor_lr=c.optim.actor_lr, critic_lr=c.optim.critic_lr,
-                               alpha_lr=c.optim.alpha_lr, alpha_prime_lr=c.optim.alpha_prime_lr)
-    update = update_cls(loss, optimizer, tau=c.optim.tau, target_update_period=c.optim.target_update_period,
-                        compile=c.compile, tune_allocator=c.tune_allocator)
+                               alpha_lr=c.optim.alpha_lr, alpha_prime_lr=c.optim.alpha_prime_lr,
+                               capturable=c.cuda_graph)
+    try:
+        update = update_cls(loss, optimizer, tau=c.optim.tau, target_update_period=c.optim.target_update_period,
+                            compile=c.compile, tune_allocator=c.tune_allocator, cuda_graph=c.cuda_graph)
+    except ValueError as err:  # cuda_graph on a device or setup it cannot replay
+        raise ConfigError(str(err)) from err
     return actor, loss, update

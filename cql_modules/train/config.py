@@ -152,6 +152,7 @@ class OfflineConfig:
     batch_size: int = 256
     compile: bool = False  #: torch.compile the loss forward + backward
     tune_allocator: bool = False  #: raise glibc's malloc thresholds (process-wide; see UpdateStep)
+    cuda_graph: bool = False  #: replay the whole update step as one CUDA graph (CUDA only; see UpdateStep)
     num_threads: Optional[int] = None  #: torch CPU threads (None: torch's default)
     precision: str = "fp32"  #: critics' hidden layers: fp32, bf16, auto (bf16 where the device has native bf16 matmul)
     resume: bool = False  #: continue from the checkpoint in checkpoint.load_from or the run dir
