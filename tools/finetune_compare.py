@@ -4,7 +4,8 @@
 
 Per variant (the config fields that differ between the runs, as ``recipes/report.py``
 groups them), mean +- std over seeds of: the score at the end of the offline phase, the
-final score, the success rates at those two points (where the env reports success), the initial dip (the offline score minus the lowest score of the evaluations
+final score, the mean of the last ``--tail`` evaluations of each phase, the success rates at
+the end of each phase (where the env reports success), the initial dip (the offline score minus the lowest score of the evaluations
 in the first ``--window`` online updates, 0 if none is lower), CORL's training regret
 (mean of 1 - success over the online training episodes) and the evaluation regret (mean of
 1 - clip(score / 100, 0, 1) over the online evaluations). Writes ``finetune_table.md`` and
@@ -30,6 +31,15 @@ def dip(run, window: int) -> float | None:
     return max(0.0, offline - min(early)) if early else None
 
 
+def tail_mean(run, end: int | None, n: int) -> float | None:
+    """Mean score of the last ``n`` evaluations at or before update ``end`` (one evaluation
+    swings by tens of points on sparse tasks; this is the steadier number)."""
+    if end is None:
+        return None
+    scores = [r[SCORE_KEY] for r in run.records if SCORE_KEY in r and r["step"] <= end][-n:]
+    return float(np.mean(scores)) if scores else None
+
+
 def success_at(run, step: int | None) -> float | None:
     """The evaluation success rate logged at update ``step`` (None: not logged)."""
     found = [r["eval/success_rate"] for r in run.records if r.get("step") == step and "eval/success_rate" in r]
@@ -43,8 +53,9 @@ def mean_std(values) -> str:
     return f"{v.mean():.1f} +- {v.std(ddof=1):.1f}" if v.size > 1 else f"{v.mean():.1f}"
 
 
-def table(groups, window: int) -> str:
-    header = ["variant", "seeds", "offline score", "final score", "offline success", "final success",
+def table(groups, window: int, tail: int) -> str:
+    header = ["variant", "seeds", "offline score", "final score", f"offline, mean of last {tail} evals",
+              f"final, mean of last {tail} evals", "offline success", "final success",
               f"dip (first {window} online updates)",
               "train regret", "eval regret", "wall (min)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -54,6 +65,8 @@ def table(groups, window: int) -> str:
             g.variant, str(len(runs)),
             mean_std(r.get("offline_normalized_score") for r in runs),
             mean_std(r.get("final_normalized_score") for r in runs),
+            mean_std(tail_mean(r, r.get("offline_updates"), tail) for r in runs),
+            mean_std(tail_mean(r, r.get("updates"), tail) for r in runs),
             mean_std(success_at(r, r.get("offline_updates")) for r in runs),
             mean_std(success_at(r, r.get("updates")) for r in runs),
             mean_std(dip(r, window) for r in runs),
@@ -69,13 +82,14 @@ def main(argv=None) -> None:
     parser.add_argument("dirs", nargs="+")
     parser.add_argument("--out", default=".")
     parser.add_argument("--window", type=int, default=2000, help="online updates in which the dip is looked for")
+    parser.add_argument("--tail", type=int, default=3, help="evaluations averaged at the end of each phase")
     args = parser.parse_args(argv)
     runs = find_runs(args.dirs)
     groups = group_runs(runs)
     not_done = [r for r in runs if not r.completed]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = table(groups, args.window)
+    text = table(groups, args.window, args.tail)
     if not_done:
         text += "\nnot averaged: " + ", ".join(f"{r.path.name} ({r.status})" for r in not_done) + "\n"
     (out / "finetune_table.md").write_text(text)
