@@ -36,6 +36,7 @@ def plot_curves(groups: Sequence[Group], out_dir: str | os.PathLike) -> dict[str
     for dataset in sorted({g.dataset for g in groups}):
         fig, ax = plt.subplots(figsize=(6.4, 4), dpi=100)
         key = SCORE_KEY
+        marked: set = set()  # phase boundaries already drawn (one line and legend entry each)
         for i, group in enumerate(g for g in groups if g.dataset == dataset):
             curves = [_curve(r) for r in group.runs]
             key = curves[0][0]
@@ -49,8 +50,9 @@ def plot_curves(groups: Sequence[Group], out_dir: str | os.PathLike) -> dict[str
             ax.plot(steps, mean, color=f"C{i}", label=f"{group.variant} ({len(values)} seeds)")
             ax.fill_between(steps, mean - std, mean + std, color=f"C{i}", alpha=0.2)
             boundaries = {r.get("offline_updates") for r in group.runs if (r.get("online_updates") or 0) > 0}
-            for b in sorted(x for x in boundaries if x):
-                ax.axvline(b, linestyle=":", color="0.3", label="offline -> online")
+            for b in sorted(x for x in boundaries if x and x not in marked):
+                ax.axvline(b, linestyle=":", color="0.3", label=None if marked else "offline -> online")
+                marked.add(b)
         behaviour = [v for g in groups if g.dataset == dataset for v in g.values("behaviour_normalized_score")]
         if behaviour and key == SCORE_KEY:
             ax.axhline(float(np.mean(behaviour)), linestyle="--", color="0.5", label="behaviour policy (dataset)")
