@@ -3,6 +3,7 @@ Pendulum dataset built locally, one tiny offline run and one tiny fine-tuning ru
 once per session and only read by the tests."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,44 @@ def minari_root(tmp_path_factory):
                              [BehaviourSpec("random", 4), BehaviourSpec("scripted", 4, noise_std=0.3)],
                              reference_episodes=2, num_envs=4, progress=False)
         yield root
+
+
+@pytest.fixture(scope="session")
+def recipes():
+    """``recipes[name]``: ``recipes/<name>.py`` imported once per session, on first use."""
+
+    class Recipes(dict):
+        def __missing__(self, name: str):
+            self[name] = load_recipe(name)
+            return self[name]
+
+    return Recipes()
+
+
+@pytest.fixture(scope="session")
+def offline_recipe(recipes):
+    return recipes["offline_cql"]
+
+
+@pytest.fixture
+def cli(recipes, minari_root, monkeypatch, capsys):
+    """``cli(*args, recipe="offline_cql")``: run ``python recipes/<recipe>.py *args`` in this
+    process (the real command line: Hydra + the one-line error handling); returns
+    ``(exit code, stderr lines)``."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")  # Hydra then finds configs/ beside the recipe file
+
+    def run(*args: str, recipe: str = "offline_cql") -> tuple[int, list[str]]:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", [f"{recipe}.py", *args])
+        try:
+            recipes[recipe].main()
+            code = 0
+        except SystemExit as stop:
+            code = stop.code or 0
+        return code, [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+
+    return run
 
 
 @pytest.fixture(scope="session")

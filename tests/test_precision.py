@@ -3,8 +3,6 @@
 and the refusals, one of them through the recipe's real command line."""
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 from tiny_runs import load_recipe, tiny_overrides
@@ -13,7 +11,7 @@ from cql_modules.train import build
 from cql_modules.train.cli import EXIT_CODES
 from cql_modules.train.config import ConfigError, OfflineConfig, validate_config
 
-pytest_plugins = ("run_fixtures",)  # minari_root: the tiny dataset, once per session
+pytest_plugins = ("run_fixtures",)  # cli: the recipe's real command line, in-process
 
 NATIVE = {"avx512_bf16": True}
 NO_BF16 = {"avx512_f": True, "avx512_bf16": False, "amx_bf16": False}
@@ -64,15 +62,8 @@ def test_the_discrete_recipe_refuses_bf16():
                         learner_checks=recipe.check_discrete_learner)
 
 
-def test_the_command_line_refuses_bf16_without_native_bf16_in_one_line(minari_root, monkeypatch, capsys, tmp_path):
+def test_the_command_line_refuses_bf16_without_native_bf16_in_one_line(cli, monkeypatch, tmp_path):
     with_flags(monkeypatch, NO_BF16)
-    recipe = load_recipe("offline_cql")
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")
-    monkeypatch.setattr(sys, "argv", ["offline_cql.py", *tiny_overrides(), "precision=bf16", "device=cpu",
-                                      f"hydra.run.dir={tmp_path / 'run'}"])
-    with pytest.raises(SystemExit) as stop:
-        recipe.main()
-    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert stop.value.code == EXIT_CODES["config"] and len(err) == 1, err
+    code, err = cli(*tiny_overrides(), "precision=bf16", "device=cpu", f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == EXIT_CODES["config"] and len(err) == 1, err
     assert err[0].startswith("config error: precision: bf16 needs native bf16 matmul") and "precision=fp32" in err[0]

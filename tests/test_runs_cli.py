@@ -5,46 +5,20 @@ Each test reproduces one case of the issue; the number is in the test's name."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from tiny_runs import ROOT, load_recipe, run_recipe, tiny_overrides
+from tiny_runs import ROOT, run_recipe, tiny_overrides
 
 from cql_modules.train.cli import EXIT_CODES
 from cql_modules.train.run_logger import read_metrics
 from cql_modules.train.state import load_checkpoint, previous_checkpoint
 
-pytest_plugins = ("run_fixtures",)  # minari_root: the tiny dataset, once per session
+pytest_plugins = ("run_fixtures",)  # minari_root, offline_recipe and the in-process `cli`
 
 SHORT = tiny_overrides(num_updates=4, **{"logger.every": 2, "eval.every": 4, "checkpoint.every": 2})
 KEPT_FILES = ("summary.json", "learning_curve.png", "metrics.jsonl", "run_config.yaml", "checkpoints/last.pt")
-
-
-@pytest.fixture(scope="module")
-def recipe():
-    return load_recipe("offline_cql")
-
-
-@pytest.fixture
-def cli(recipe, minari_root, monkeypatch, capsys):
-    """``cli(*args)``: run ``python recipes/offline_cql.py *args`` in this process; returns
-    ``(exit code, stderr lines)``."""
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")  # Hydra then finds configs/ beside the recipe file
-
-    def run(*args: str) -> tuple[int, list[str]]:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "argv", ["offline_cql.py", *args])
-        try:
-            recipe.main()
-            code = 0
-        except SystemExit as stop:
-            code = stop.code or 0
-        return code, [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-
-    return run
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:
@@ -174,13 +148,9 @@ def test_case8_the_library_checks_the_device_too():
 
 
 @pytest.mark.parametrize("name", ["offline_cql", "finetune_cql", "discrete_cql"])
-def test_case9_every_recipe_exits_2_on_hydras_own_command_line_errors(name, monkeypatch, capsys, tmp_path):
-    recipe = load_recipe(name)
-    monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")
-    monkeypatch.setattr(sys, "argv", [f"{name}.py", "loss.cql_alph=5", f"hydra.run.dir={tmp_path / 'run'}"])
-    with pytest.raises(SystemExit) as stop:
-        recipe.main()
-    assert stop.value.code == EXIT_CODES["config"] and "loss.cql_alph" in capsys.readouterr().err
+def test_case9_every_recipe_exits_2_on_hydras_own_command_line_errors(name, cli, tmp_path):
+    code, err = cli("loss.cql_alph=5", f"hydra.run.dir={tmp_path / 'run'}", recipe=name)
+    assert code == EXIT_CODES["config"] and any("loss.cql_alph" in line for line in err)
     assert not (tmp_path / "run").exists()
 
 
@@ -221,7 +191,7 @@ def test_a_diverged_run_exits_with_its_own_code(cli, tmp_path):
     assert any(line.startswith("stopped: non-finite") for line in err)
 
 
-def test_resume_config_rules(recipe):
+def test_resume_config_rules(offline_recipe):  # imported: it registers the config schema
     """The saved values win; named resumable fields change; a group override is compared
     field by field; a saved config the schema no longer fits is refused, not half-loaded."""
     from hydra import compose, initialize_config_dir
@@ -285,7 +255,7 @@ def online_run(minari_root, tmp_path_factory) -> Path:
     ({"last.pt": "truncate", "online_rows.prev.pt": "truncate"}, None),  # last.prev.pt's own rows are gone
 ])
 def test_case7_fine_tuning_falls_back_to_the_previous_checkpoint_with_its_own_online_rows(
-        online_run, tmp_path, monkeypatch, capsys, damage, said):
+        online_run, cli, tmp_path, damage, said):
     """The online rows are part of their checkpoint: unusable rows make the resume use the
     previous checkpoint with the previous rows (one warning), never one checkpoint with the
     other's rows; with no usable pair the resume stops with one line (exit 4), touching nothing."""
@@ -302,17 +272,7 @@ def test_case7_fine_tuning_falls_back_to_the_previous_checkpoint_with_its_own_on
     job_log = run_dir / "finetune_cql.log"
     logged = job_log.read_text().count("\n")
 
-    recipe = load_recipe("finetune_cql")
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")
-    monkeypatch.setattr(sys, "argv", ["finetune_cql.py", "resume=true", f"hydra.run.dir={run_dir}", "online_updates=16"])
-    capsys.readouterr()
-    try:
-        recipe.main()
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    code, err = cli("resume=true", f"hydra.run.dir={run_dir}", "online_updates=16", recipe="finetune_cql")
     if said is None:
         assert code == EXIT_CODES["checkpoint"] and len(err) == 1 and "online_rows.prev.pt" in err[0], err
         assert snapshot(run_dir) == before

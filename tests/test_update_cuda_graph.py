@@ -11,7 +11,7 @@ from cql_reference import record_samples
 from helpers import make_batch, make_loss
 from cql_modules.train.update import UpdateStep, cuda_graph_problem, make_optimizer
 
-pytest_plugins = ("run_fixtures",)  # minari_root: the tiny dataset, once per session
+pytest_plugins = ("run_fixtures",)  # cli: the recipe's real command line, in-process
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -55,22 +55,13 @@ def test_cuda_graph_replays_the_eager_steps(bc_steps):
         torch.testing.assert_close(params[True][k], v, rtol=1e-5, atol=1e-6)
 
 
-def test_the_recipes_refuse_cuda_graph_off_cuda_in_one_line(minari_root, monkeypatch, capsys, tmp_path):
-    import sys
-
-    from tiny_runs import load_recipe, tiny_overrides
+def test_the_recipes_refuse_cuda_graph_off_cuda_in_one_line(cli, tmp_path):
+    from tiny_runs import tiny_overrides
 
     from cql_modules.train.cli import EXIT_CODES
 
-    recipe = load_recipe("offline_cql")
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")
-    monkeypatch.setattr(sys, "argv", ["offline_cql.py", *tiny_overrides(), "cuda_graph=true", "device=cpu",
-                                      f"hydra.run.dir={tmp_path / 'run'}"])
-    with pytest.raises(SystemExit) as stop:
-        recipe.main()
-    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert stop.value.code == EXIT_CODES["config"] and len(err) == 1, err
+    code, err = cli(*tiny_overrides(), "cuda_graph=true", "device=cpu", f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == EXIT_CODES["config"] and len(err) == 1, err
     assert err[0].startswith("config error: cuda_graph: needs the loss on a CUDA device")
 
 
