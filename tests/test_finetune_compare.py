@@ -23,8 +23,8 @@ def _run(path: Path, calibrated: bool, seed: int, scores: list[float], success: 
     records = [{"step": 100 * (k + 1), "d4rl_normalized_score": s, "eval/success_rate": p}
                for k, (s, p) in enumerate(zip(scores, success))]
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    summary = {"status": "completed", "dataset": "cql-modules/pointmaze/medium-v1", "seed": seed,
-               "config": {"seed": seed, "dataset": {"name": "cql-modules/pointmaze/medium-v1"},
+    summary = {"status": "completed", "dataset": "cql-modules/pointmaze/medium-v2", "seed": seed,
+               "config": {"seed": seed, "dataset": {"name": "cql-modules/pointmaze/medium-v2"},
                           "loss": {"calibrated": calibrated}},
                "updates": 100 * len(scores), "offline_updates": 200, "offline_normalized_score": scores[1],
                "final_normalized_score": scores[-1], "train_regret": train_regret, "eval_regret": 0.5,

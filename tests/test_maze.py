@@ -90,6 +90,18 @@ def test_driver_changes_waypoint_when_reached(grid):
     np.testing.assert_allclose(action[1], [10 * -0.4 + 3.95, 10 * -0.3 + 2.95], atol=1e-9)
 
 
+def test_planner_driver_never_commands_an_excluded_cell(grid):
+    # the dataset's behaviour never drives to the evaluation goal (it reaches it only by passing
+    # through with noise); the other cells are all drawn, uniformly
+    driver = PlannerDriver(grid, noise_std=0.5, seed=1, exclude=(EVAL_GOAL_CELL,))
+    driver.reset(20_000)
+    drawn = {tuple(grid.cells[k]) for k in grid.cell_of(driver.targets)}
+    assert drawn == set(map(tuple, grid.cells)) - {EVAL_GOAL_CELL}
+    counts = np.bincount(grid.cell_of(driver.targets), minlength=len(grid.cells))
+    assert counts[grid.index[EVAL_GOAL_CELL]] == 0
+    np.testing.assert_allclose(counts[counts > 0] / 20_000, 1 / (len(grid.cells) - 1), atol=0.01)
+
+
 def test_tiny_build_loads_with_its_evaluation_task(tiny):
     rb, info = load_dataset(TINY, normalize_states=False)
     data = rb[: len(rb)]

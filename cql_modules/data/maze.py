@@ -1,6 +1,6 @@
 """The embedded goal-reaching dataset: PointMaze Medium in the style of D4RL's maze2d.
 
-``cql-modules/pointmaze/medium-v1`` (:data:`MAZE_DATASET_ID`) is built on first use
+``cql-modules/pointmaze/medium-v2`` (:data:`MAZE_DATASET_ID`) is built on first use
 (``load_dataset(MAZE_DATASET_ID)``), with no network, like the Pendulum dataset:
 
 * environment and task: gymnasium-robotics ``PointMaze_Medium-v3`` (8x8 grid, a
@@ -13,9 +13,13 @@
 * behaviour (:class:`PlannerDriver`, as D4RL's maze2d collection): each episode starts in a
   random cell; a scripted planner drives to random waypoint cells of its own, one after the
   other: shortest path on the maze grid (breadth-first search, :class:`MazeGrid`), then a
-  PD controller from cell centre to cell centre, plus Gaussian action noise. It is rewarded
-  only when its path happens to cross the goal (which ends its episode), so the data
-  covers the maze but rarely shows the evaluation task from start to end;
+  PD controller from cell centre to cell centre, plus Gaussian action noise. The goal cell
+  is never one of its waypoints (v2; v1 drew it like any cell): it sits at the end of a
+  dead-end corridor, so the planner reaches it only when noise carries the ball in while it
+  drives to the neighbouring cell (4.4% of the episodes, 35 of 800). The data covers the
+  maze but shows the reward rarely and the evaluation task from start to end almost never:
+  offline training alone stays near the random policy, and the online phase has to find
+  the goal (README, "Offline-to-online fine-tuning");
 * evaluation (the same env spec): start in cell (4, 6), 3 moves from the goal around the
   end of a wall (about 50 steps for the planner); reference scores measured at build time on it and stored in the metadata:
   ``ref_min_score`` = the uniform random policy, ``ref_max_score`` = the planner driving to
@@ -35,7 +39,7 @@ import numpy as np
 from .collect import register_local_builder, write_minari_dataset
 from .envs import register_robotics_envs
 
-MAZE_DATASET_ID = "cql-modules/pointmaze/medium-v1"
+MAZE_DATASET_ID = "cql-modules/pointmaze/medium-v2"
 MAZE_ENV_ID = "PointMaze_Medium-v3"
 EVAL_RESET_CELL, EVAL_GOAL_CELL = (4, 6), (6, 5)
 EPISODE_STEPS = 300  # a time limit 6x the planner's path: failed online episodes stay short
@@ -204,15 +208,17 @@ def planner_policy(grid: MazeGrid):
 
 class PlannerDriver:
     """The behaviour: :func:`planner_action` to random waypoint cells of its own (a new one
-    when the ball is within 0.45 of the current one), plus N(0, noise_std^2) action noise."""
+    when the ball is within 0.45 of the current one, uniform over the free cells not in
+    ``exclude``), plus N(0, noise_std^2) action noise."""
 
-    def __init__(self, grid: MazeGrid, noise_std: float, seed: int = 0):
+    def __init__(self, grid: MazeGrid, noise_std: float, seed: int = 0, exclude: tuple = ()):
         self.grid, self.noise_std = grid, noise_std
         self.rng = np.random.default_rng(seed)
         self.targets = np.zeros((0, 2))
+        self.waypoints = grid.centers[[k for k, cell in enumerate(grid.cells) if tuple(cell) not in set(exclude)]]
 
     def _draw(self, n: int) -> np.ndarray:
-        return self.grid.centers[self.rng.integers(len(self.grid.cells), size=n)]
+        return self.waypoints[self.rng.integers(len(self.waypoints), size=n)]
 
     def reset(self, n: int) -> None:
         self.targets = self._draw(n)
@@ -252,7 +258,8 @@ def build_maze_dataset(
     def random_start(rng):
         return {"reset_cell": np.array(grid.cells[rng.integers(len(grid.cells))])}
 
-    data = run_episodes(envs, episodes, PlannerDriver(grid, noise_std, seed), seed=seed, reset_options=random_start,
+    driver = PlannerDriver(grid, noise_std, seed, exclude=(EVAL_GOAL_CELL,))
+    data = run_episodes(envs, episodes, driver, seed=seed, reset_options=random_start,
                         progress=progress, desc="collect PointMaze planner")
     ref_seed = seed + 1_000_000
     rand = run_episodes(envs, reference_episodes, random_policy(seed), seed=ref_seed, progress=progress,
@@ -279,7 +286,7 @@ def build_maze_dataset(
         description=(
             f"{MAZE_ENV_ID}, goal cell {EVAL_GOAL_CELL}, the episode ends at the goal. {episodes} episodes of at most "
             f"{EPISODE_STEPS} steps ({transitions} transitions) from random cells: a shortest-path + PD planner "
-            f"driving to random waypoints with Gaussian action noise (std {noise_std}); {episodes_at_goal:.3f} of the "
+            f"driving to random waypoints (never the goal cell) with Gaussian action noise (std {noise_std}); {episodes_at_goal:.3f} of the "
             f"episodes reach the goal. Evaluation: from cell {EVAL_RESET_CELL}, return = 1 if the goal is reached. "
             f"References over {reference_episodes} episodes: random policy return {random_return:.1f} (success "
             f"{random_success:.2f}), noise-free planner return {planner_return:.1f} (success {planner_success:.2f}). "
