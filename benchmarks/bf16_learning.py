@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import math
 import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from cql_modules.report.stats import mean_std
 
 ROOT = Path(__file__).resolve().parent.parent
 PRECISIONS = {"fp32": [], "bf16": ["loss.critic_compute_dtype=bfloat16"]}
@@ -39,13 +40,6 @@ def run_one(out: Path, precision: str, seed: int, threads: int, overrides: list[
         rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
     print(f"{precision} seed {seed}: exit {rc} ({run_dir})", flush=True)
     return rc
-
-
-def _mean_std(xs: list[float]) -> str:
-    xs = [x for x in xs if x is not None and math.isfinite(x)]
-    if not xs:
-        return "n/a"
-    return f"{statistics.mean(xs):.1f} +- {statistics.stdev(xs) if len(xs) > 1 else 0.0:.1f}"
 
 
 def read_run(run_dir: Path) -> dict:
@@ -72,9 +66,9 @@ def tabulate(out: Path) -> dict:
     print("| precision | runs | final score | best score | average_qf1 (end) | average_qf1 (last 10%) |")
     print("|---|---:|---:|---:|---:|---:|")
     for precision, rs in runs.items():
-        print(f"| {precision} | {len(rs)} | {_mean_std([r['final'] for r in rs])} | {_mean_std([r['best'] for r in rs])} "
-              f"| {_mean_std([r['average_qf1_final'] for r in rs])} "
-              f"| {_mean_std([r['average_qf1_last10pct'] for r in rs])} |")
+        print(f"| {precision} | {len(rs)} | {mean_std([r['final'] for r in rs])} | {mean_std([r['best'] for r in rs])} "
+              f"| {mean_std([r['average_qf1_final'] for r in rs])} "
+              f"| {mean_std([r['average_qf1_last10pct'] for r in rs])} |")
     (out / "table.json").write_text(json.dumps(runs, indent=2))
     return runs
 

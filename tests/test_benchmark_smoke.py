@@ -219,7 +219,7 @@ def test_bf16_learning_tabulates_runs(tmp_path, capsys):
     runs = mod.main(["--tabulate", str(tmp_path)])
     assert [r["average_qf1_final"] for r in runs["fp32"]] == [-3.0, -1.0]
     assert runs["bf16"][0]["best"] == 81.0
-    assert "| fp32 | 2 | 95.0 +- 7.1 | 96.0 +- 7.1 | -2.0 +- 1.4 |" in capsys.readouterr().out
+    assert "| fp32 | 2 | 95.0 ± 7.1 | 96.0 ± 7.1 | -2.0 ± 1.4 |" in capsys.readouterr().out
 
 
 def test_default_block_rows_from_l2():

@@ -42,14 +42,14 @@ def test_table_against_hand_computation(tmp_path, capsys):
     table = (tmp_path / "out" / "finetune_table.md").read_text()
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in table.splitlines() if "calibrated=" in line}
     cql, calql = rows["loss.calibrated=False"], rows["loss.calibrated=True"]
-    # offline score (update 200), final score, success at 200 and at the end: mean +- std (ddof 1)
-    assert cql[1:4] == ["2", "60.0 +- 14.1", "75.0 +- 21.2"]
+    # offline score (update 200), final score, success at 200 and at the end: mean ± std (ddof 1)
+    assert cql[1:4] == ["2", "60.0 ± 14.1", "75.0 ± 21.2"]
     # mean of the last 2 evaluations of each phase: offline (10+50)/2, (0+70)/2; final (40+60)/2, (30+90)/2
-    assert cql[4:6] == ["32.5 +- 3.5", "55.0 +- 7.1"]
-    assert cql[6:8] == ["0.6 +- 0.1", "0.8 +- 0.2"]  # success at the end of each phase
+    assert cql[4:6] == ["32.5 ± 3.5", "55.0 ± 7.1"]
+    assert cql[6:8] == ["0.6 ± 0.1", "0.8 ± 0.2"]  # success at the end of each phase
     # dip: offline score minus the lowest evaluation in the first 200 online updates (0 if none lower)
-    assert cql[8] == "35.0 +- 7.1"  # seed 0: 50 - min(20, 40) = 30; seed 1: 70 - min(80, 30) = 40
+    assert cql[8] == "35.0 ± 7.1"  # seed 0: 50 - min(20, 40) = 30; seed 1: 70 - min(80, 30) = 40
     assert calql[1:9] == ["1", "40.0", "55.0", "20.0", "52.5", "0.4", "0.6", "0.0"]
-    assert cql[9] == "0.3 +- 0.1"  # training regret
+    assert cql[9] == "0.3 ± 0.1"  # training regret
     assert "not averaged: killed" in table
-    assert (tmp_path / "out" / "curve_cql-modules_pointmaze_medium-v1.png").exists()
+    assert (tmp_path / "out" / "curve_cql-modules_pointmaze_medium-v2.png").exists()

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cql_modules.report import find_runs, group_runs, plot_curves
+from cql_modules.report.stats import mean_std
 from cql_modules.report.figures import SCORE_KEY
 
 
@@ -44,13 +45,6 @@ def success_at(run, step: int | None) -> float | None:
     """The evaluation success rate logged at update ``step`` (None: not logged)."""
     found = [r["eval/success_rate"] for r in run.records if r.get("step") == step and "eval/success_rate" in r]
     return found[-1] if found else None
-
-
-def mean_std(values) -> str:
-    v = np.array([x for x in values if x is not None], dtype=float)
-    if v.size == 0:
-        return "n/a"
-    return f"{v.mean():.1f} +- {v.std(ddof=1):.1f}" if v.size > 1 else f"{v.mean():.1f}"
 
 
 def table(groups, window: int, tail: int) -> str:

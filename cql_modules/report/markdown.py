@@ -11,21 +11,13 @@ import numpy as np
 
 from cql_modules.report.figures import plot_curves
 from cql_modules.report.runs import find_runs, group_runs
-from cql_modules.report.stats import DEFAULT_REFERENCE, aggregate, read_reference
+from cql_modules.report.stats import DEFAULT_REFERENCE, aggregate, mean_std, read_reference
 
 __all__ = ["write_report"]
 
 
 def _num(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
-
-
-def _mean_std(values: np.ndarray) -> str:
-    if values.size == 0:
-        return "n/a"
-    if values.size == 1:
-        return _num(values[0])
-    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
 
 
 def _mean(values: np.ndarray, digits: int = 1) -> str:
@@ -82,17 +74,17 @@ def write_report(dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
         header += ["reference last", "reference best"]
     rows = []
     for g in groups:
-        row = [g.dataset, g.variant, str(len(g.runs)), _mean_std(g.values("final_normalized_score")),
-               _mean_std(g.values("best_normalized_score")), _mean(g.values("behaviour_normalized_score")),
+        row = [g.dataset, g.variant, str(len(g.runs)), mean_std(g.values("final_normalized_score")),
+               mean_std(g.values("best_normalized_score")), _mean(g.values("behaviour_normalized_score")),
                _mean(g.values("updates"), 0), _duration(float(g.values("wall_time_s").mean())),
                _mean(g.values("updates_per_s"))]
         if use_online:
-            row += [_mean_std(g.values("offline_normalized_score")), _mean(g.values("eval_regret"), 3)]
+            row += [mean_std(g.values("offline_normalized_score")), _mean(g.values("eval_regret"), 3)]
         if use_reeval:
             found = [r.reevaluation for r in g.runs if r.reevaluation]
             scores = np.array([e["normalized_score_mean"] for e in found if e.get("normalized_score_mean") is not None])
             episodes = sorted({e["n_episodes"] for e in found})
-            row.append(f"{_mean_std(scores)} ({len(found)} runs x {'/'.join(map(str, episodes))} episodes)"
+            row.append(f"{mean_std(scores)} ({len(found)} runs x {'/'.join(map(str, episodes))} episodes)"
                        if found else "")
         if use_ref:
             r = ref.get(g.dataset, {})

@@ -14,7 +14,7 @@ import numpy as np
 
 from cql_modules.report.runs import Group
 
-__all__ = ["DEFAULT_REFERENCE", "aggregate", "read_reference"]
+__all__ = ["DEFAULT_REFERENCE", "aggregate", "mean_std", "read_reference"]
 
 DEFAULT_REFERENCE = Path(__file__).parents[1] / "refdata" / "corl_cql.csv"
 
@@ -31,6 +31,17 @@ def read_reference(path: str | os.PathLike | None = DEFAULT_REFERENCE) -> tuple[
     table = {r["dataset"]: {k: float(v) for k, v in r.items() if k != "dataset" and v not in ("", None)}
              for r in rows}
     return table, (comments[0] if comments else str(path))
+
+
+def mean_std(values, digits: int = 1) -> str:
+    """``"mean ± std"`` over seeds (sample std, ddof 1), the mean alone for one value, ``"n/a"``
+    for none; ``None`` and non-finite values are left out. The one formatting of a seed
+    spread in every table the project writes."""
+    v = np.array([x for x in values if x is not None], dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return "n/a"
+    return f"{v.mean():.{digits}f}" if v.size == 1 else f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
 # ----------------------------------------------------------------------------- aggregates
