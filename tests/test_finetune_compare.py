@@ -53,3 +53,19 @@ def test_table_against_hand_computation(tmp_path, capsys):
     assert cql[9] == "0.3 ± 0.1"  # training regret
     assert "not averaged: killed" in table
     assert (tmp_path / "out" / "curve_cql-modules_pointmaze_medium-v2.png").exists()
+
+
+def test_named_variants(tmp_path, capsys):
+    # NAME=DIR: each directory's runs form one variant under that name, whatever their configs
+    _run(tmp_path / "a" / "cql-0", False, 0, [10, 50, 20, 40, 60], [0.1, 0.5, 0.2, 0.4, 0.6], 0.4)
+    _run(tmp_path / "a" / "calql-0", True, 0, [0, 40, 45, 50, 70], [0.0, 0.4, 0.5, 0.5, 0.6], 0.3)
+    _run(tmp_path / "b" / "cql-1", False, 1, [0, 70, 80, 30, 90], [0.0, 0.7, 0.8, 0.3, 0.9], 0.2)
+    tool = _tool()
+    tool.main([f"mixed={tmp_path / 'a'}", f"other={tmp_path / 'b'}", "--out", str(tmp_path / "out"), "--tail", "1"])
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in
+            (tmp_path / "out" / "finetune_table.md").read_text().splitlines()[2:]}
+    assert set(rows) == {"mixed", "other"}
+    assert rows["mixed"][1:4] == ["2", "45.0 ± 7.1", "65.0 ± 7.1"]
+    assert rows["other"][1:4] == ["1", "70.0", "90.0"]
+    with pytest.raises(SystemExit):
+        tool.main([f"mixed={tmp_path / 'a'}", str(tmp_path / "b"), "--out", str(tmp_path / "out")])

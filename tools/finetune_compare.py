@@ -1,9 +1,13 @@
 """Compare fine-tuning variants (e.g. CQL vs Cal-QL) over seeds from their run directories.
 
     python tools/finetune_compare.py multirun/finetune_cql/<time> [more dirs] --out docs/pointmaze
+    python tools/finetune_compare.py Cal-QL=runs/calql control=runs/control --out docs/pointmaze
 
-Per variant (the config fields that differ between the runs, as ``recipes/report.py``
-groups them), mean +- std over seeds of: the score at the end of the offline phase, the
+Variants are the config fields that differ between the runs (as ``recipes/report.py``
+groups them), or, with ``NAME=DIR`` arguments, the runs under each DIR named NAME (e.g. an
+offline-only control beside fine-tuning runs, whose configs differ in many fields).
+
+Per variant, mean ± std over seeds of: the score at the end of the offline phase, the
 final score, the mean of the last ``--tail`` evaluations of each phase, the success rates at
 the end of each phase (where the env reports success), the initial dip (the offline score minus the lowest score of the evaluations
 in the first ``--window`` online updates, 0 if none is lower), CORL's training regret
@@ -19,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from cql_modules.report import find_runs, group_runs, plot_curves
-from cql_modules.report.stats import mean_std
+from cql_modules.report.runs import Group
 from cql_modules.report.figures import SCORE_KEY
+from cql_modules.report.stats import mean_std
 
 
 def dip(run, window: int) -> float | None:
@@ -71,15 +76,30 @@ def table(groups, window: int, tail: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def named_groups(specs: list[str]) -> tuple[list, list[Group]]:
+    """``NAME=DIR`` arguments: (all runs found, one group per NAME and dataset)."""
+    found, groups = [], []
+    for spec in specs:
+        name, _, top = spec.partition("=")
+        runs = find_runs([top])
+        found += runs
+        done = [r for r in runs if r.completed]
+        groups += [Group(d, name, [r for r in done if r.dataset == d]) for d in sorted({r.dataset for r in done})]
+    return found, groups
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dirs", nargs="+")
+    parser.add_argument("dirs", nargs="+", help="run directories (searched recursively), or NAME=DIR")
     parser.add_argument("--out", default=".")
     parser.add_argument("--window", type=int, default=2000, help="online updates in which the dip is looked for")
     parser.add_argument("--tail", type=int, default=3, help="evaluations averaged at the end of each phase")
     args = parser.parse_args(argv)
-    runs = find_runs(args.dirs)
-    groups = group_runs(runs)
+    named = ["=" in d for d in args.dirs]
+    if any(named) and not all(named):
+        parser.error("give every directory as NAME=DIR, or none")
+    runs, groups = named_groups(args.dirs) if all(named) else (find_runs(args.dirs), None)
+    groups = groups if groups is not None else group_runs(runs)
     not_done = [r for r in runs if not r.completed]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
