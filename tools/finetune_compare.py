@@ -77,7 +77,8 @@ def table(groups, window: int, tail: int) -> str:
 
 
 def named_groups(specs: list[str]) -> tuple[list, list[Group]]:
-    """``NAME=DIR`` arguments: (all runs found, one group per NAME and dataset)."""
+    """``NAME=DIR`` arguments (split at the first ``=``: a NAME has none, a DIR may): (all runs
+    found, one group per NAME and dataset)."""
     found, groups = [], []
     for spec in specs:
         name, _, top = spec.partition("=")
@@ -98,7 +99,10 @@ def main(argv=None) -> None:
     named = ["=" in d for d in args.dirs]
     if any(named) and not all(named):
         parser.error("give every directory as NAME=DIR, or none")
-    runs, groups = named_groups(args.dirs) if all(named) else (find_runs(args.dirs), None)
+    try:
+        runs, groups = named_groups(args.dirs) if all(named) else (find_runs(args.dirs), None)
+    except FileNotFoundError as err:
+        parser.error(str(err))
     groups = groups if groups is not None else group_runs(runs)
     not_done = [r for r in runs if not r.completed]
     out = Path(args.out)
