@@ -273,15 +273,22 @@ def _cpu_caches() -> dict[str, int] | None:
 def matmul_peak(dtype: torch.dtype, shapes: dict[str, tuple[int, int, int]], device: torch.device,
                 seconds: float, trials: int = 3) -> dict:
     """Best GFLOP/s of ``torch.mm`` ([m,k] @ [k,n], 2*m*k*n FLOPs) over shapes and trials;
-    a 4-tuple shape ``(b, m, k, n)`` times ``torch.bmm`` (what the vmapped ensemble runs)."""
+    a 4-tuple shape ``(b, m, k, n)`` times ``torch.bmm`` (what the vmapped ensemble runs), a
+    shape whose name contains "oneDNN" times oneDNN's linear (the fused critic's forward and
+    input-gradient GEMM on CPU; faster than ``torch.mm`` on some CPUs, so the peak must
+    include it)."""
     by_shape = {}
     for name, shape in shapes.items():
         b, (m, k, n) = (shape[0], shape[1:]) if len(shape) == 4 else (1, shape)
         mm = torch.bmm if len(shape) == 4 else torch.mm
         lead = (b,) if len(shape) == 4 else ()
+        onednn = "oneDNN" in name
+        if onednn:
+            op = torch.ops.mkldnn._linear_pointwise
+            mm = lambda x, w: op(x, w, None, "none", [None], "")  # noqa: E731 (x @ w^T)
         try:
             x = torch.randn(*lead, m, k, device=device).to(dtype)
-            y = torch.randn(*lead, k, n, device=device).to(dtype)
+            y = torch.randn(*lead, *((n, k) if onednn else (k, n)), device=device).to(dtype)
             for _ in range(2):
                 mm(x, y)
             _sync(device)
@@ -670,6 +677,8 @@ def _main(args: argparse.Namespace) -> dict:
               f"critic fwd/dX [{R}x{h}]@[{h}x{h}]": (R, h, h),
               f"critic dW [{h}x{R}]@[{R}x{h}]": (h, R, h),
               f"critic ensemble bmm [{NUM_CRITICS}x{R}x{h}]@[{NUM_CRITICS}x{h}x{h}]": (NUM_CRITICS, R, h, h)}
+    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+        shapes[f"square {args.peak_square} oneDNN linear"] = (args.peak_square,) * 3
     # measured now and again after the rounds; the best of both is "the peak" (a peak
     # measured while other processes compete would overstate every fraction of it)
     with RoundMeter() as m:

@@ -3,7 +3,7 @@
 The fused pass runs forward, dLoss/dQ and backward for a block of rows while the
 block's activations are still in cache. Small blocks keep each layer's matmul operands
 in the cores' private L2 (the matmuls then run near their peak) but cost one Python
-iteration of ~25 operations each; large blocks spill to L3 or DRAM. Measured on an AMD
+iteration of ~25 operations per critic each; large blocks spill to L3 or DRAM. Measured on an AMD
 EPYC (Zen 4, 1 MiB L2 per core, 1 thread, CORL's shape): the fused pass takes the same
 time for blocks of 124 to 992 rows and 10% / 30% / 50% more at 2046 / 4092 / 7936 rows.
 The default takes the middle of that plateau: one layer's activation block of all K
