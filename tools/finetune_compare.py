@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from cql_modules.report import find_runs, group_runs, plot_curves
-from cql_modules.report.runs import Group
 from cql_modules.report.figures import SCORE_KEY
+from cql_modules.report.runs import Group
 from cql_modules.report.stats import mean_std
 
 
@@ -100,10 +100,13 @@ def main(argv=None) -> None:
     if any(named) and not all(named):
         parser.error("give every directory as NAME=DIR, or none")
     try:
-        runs, groups = named_groups(args.dirs) if all(named) else (find_runs(args.dirs), None)
+        if all(named):
+            runs, groups = named_groups(args.dirs)
+        else:
+            runs = find_runs(args.dirs)
+            groups = group_runs(runs)
     except FileNotFoundError as err:
         parser.error(str(err))
-    groups = groups if groups is not None else group_runs(runs)
     not_done = [r for r in runs if not r.completed]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -12,15 +12,12 @@ from cql_modules.data import DatasetError, load_dataset, make_env
 from cql_modules.modules import bounded_action_spec, make_actor, make_critic
 from cql_modules.objectives.cql import CQLLoss
 from cql_modules.train.cli import check_device
-from cql_modules.train.config import ConfigError, OfflineConfig
+from cql_modules.train.config import PRECISION_DTYPES, ConfigError, OfflineConfig
 from cql_modules.train.state import seed_everything
 from cql_modules.train.update import UpdateStep, make_optimizer
 
 __all__ = ["setup_run", "resolve_device", "load_data", "make_eval_env", "native_bf16", "critic_compute_dtype",
            "build_learner"]
-
-#: ``precision`` -> ``CQLLoss(critic_compute_dtype=...)``; ``auto`` resolves to one of these.
-PRECISION_DTYPES = {"fp32": None, "bf16": "bfloat16"}
 
 
 def setup_run(c: OfflineConfig) -> torch.device:

@@ -23,6 +23,7 @@ from cql_modules.objectives.cql import CQLLoss
 __all__ = [
     "ConfigError",
     "PRECISIONS",
+    "PRECISION_DTYPES",
     "DatasetConfig",
     "NetworkConfig",
     "LossConfig",
@@ -41,8 +42,10 @@ __all__ = [
 ]
 
 LOGGER_BACKENDS = ("csv", "tensorboard", "wandb")
-#: values of ``precision`` (the critics' compute dtype; mapped onto ``CQLLoss`` in ``train/build.py``)
-PRECISIONS = ("fp32", "bf16", "auto")
+#: ``precision`` -> ``CQLLoss(critic_compute_dtype=...)`` (applied in ``train/build.py``)
+PRECISION_DTYPES = {"fp32": None, "bf16": "bfloat16"}
+#: values of ``precision``: ``auto`` resolves to one of PRECISION_DTYPES per device
+PRECISIONS = (*PRECISION_DTYPES, "auto")
 #: ``CQLLoss`` arguments that are objects built by the recipe, not configuration values.
 LOSS_NON_CONFIG_ARGS = ("self", "actor_network", "qvalue_network", "action_spec")
 
