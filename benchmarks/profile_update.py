@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_update  # noqa: E402 (a sibling script, importable once its folder is on sys.path)
 
 PHASES = ("sample", "zero_grad", "loss forward", "backward", "optimizer step", "target update")
-MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::baddbmm_", "aten::addbmm", "aten::addmm_",
+MATMULS = {"mkldnn::_linear_pointwise", "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::baddbmm_", "aten::addbmm", "aten::addmm_",
            "aten::matmul", "aten::linear"}
 KINDS = ("critic penalty matmuls", "critic penalty element-wise", "other matmuls", "Adam kernels",
          "other element-wise & kernels")

@@ -56,12 +56,11 @@ muts = [
  # the fused critic pass (fused.py)
  (FUSED, "loss = ((t.td + t.penalty).sum(0) * state_weight).sum()", "loss = (t.td + t.penalty).sum() / state_weight.numel()"),
  (FUSED, "return torch.cat([d_data[..., None], d_proposals], dim=-1)", "return torch.cat([d_data[..., None], d_proposals.flip(-1)], dim=-1)"),
- (FUSED, "thr_bwd(g, acts[k][i - 1], 0, grad_input=g)", "g = g"),
+ (FUSED, "g = thr_bwd(dx, acts[k][i - 1], 0, grad_input=dx)", "g = dx"),
  (FUSED, "b_c = [b.to(dt) for b, dt in zip(bs, dts)]", "b_c = [0 * b.to(dt) for b, dt in zip(bs, dts)]"),
  (FUSED, "grad_b[i][k].add_(g.sum(0, dtype=full))", "grad_b[i][k].add_(g[:1].sum(0, dtype=full))"),
- # its float32 oneDNN kernels (the float64 tests take torch's GEMMs)
- (FUSED, 'y = self.op(x, w, b, "none", [None], "")', 'y = self.op(x, w, None, "none", [None], "")'),
- (FUSED, 'return self.op(g, w_t_contig, None, "none", [None], "")', 'return self.op(g, w_t_contig.t().contiguous(), None, "none", [None], "")'),
+ (FUSED, "torch.mul(g, w_c[i][k], out=dx)", "torch.mul(g, w_c[i][0], out=dx)"),
+ (FUSED, "torch.addmm(b_c[i][k], ins[k][i], w_t[i][k], out=h).relu_()", "torch.addmm(b_c[i][k], ins[k][i], w_t[i][k], out=h)"),
  # networks (docs/cql.md, section 8)
  ("cql_modules/modules.py", "gain=math.sqrt(2)", "gain=1.0"),
  ("cql_modules/modules.py", ".clamp(-20.0, 2.0)", ".clamp(-20.0, 0.5)"),

@@ -116,6 +116,7 @@ class CriticEnsembleMixin:
             )
         self.convert_to_functional(critics, "qvalue_network", num_qvalue_nets, create_target_params=True)
         self.num_qvalue_nets = num_qvalue_nets
+        self._fused_workspace: dict = {}  # the fused pass's buffers, reused across updates (fused.py)
         # Fast path for plain ReLU MLP critics: explicit batched matmuls (ensemble_mlp).
         self._fast_critic = isinstance(critics[0], TensorDictModule) and is_relu_mlp(getattr(critics[0], "module", None))
         if self._fast_critic:
@@ -186,7 +187,7 @@ class CriticEnsembleMixin:
         if rows is None:
             width = max(params.get(k).shape[1] for k in self._q_weight_keys)  # widest layer output
             rows = default_block_rows(width, self.num_qvalue_nets, self.critic_compute_dtype or x.dtype)
-        cfg = FusedCriticConfig(options, rows, self.critic_compute_dtype)
+        cfg = FusedCriticConfig(options, rows, self.critic_compute_dtype, self._fused_workspace)
         return FusedCriticGrad.apply(
             cfg, x.reshape(-1, x.shape[-1]), y, log_density, mc_return, alpha_prime, state_weight,
             *[params.get(k) for k in self._q_weight_keys], *[params.get(k) for k in self._q_bias_keys],

@@ -18,10 +18,19 @@ dLoss/dQ of a block is autograd's own gradient of
 zero-valued carrier, whose backward hands the precomputed gradients (times the upstream
 scalar) to the critic parameters. The critic inputs get no gradient: ``CQLLoss`` takes
 this path only when they do not require one.
+
+One critic at a time, and nothing large is allocated: the GEMMs write (``out=``) the
+activations and input gradients into buffers kept across calls (the ``workspace`` that
+``CQLLoss`` owns). Why not oneDNN's linear, 12-19% faster than torch's GEMM at these shapes
+on an AMD EPYC (Zen 4)? It has no ``out=`` form, and its fresh ~2 MB outputs per block made
+glibc's malloc return pages to the OS and fault them in again (~7000 page faults per update
+at CORL's shape): the allocation-free pass made the whole update 1.04-1.08x faster at 1 and
+2 threads there. Running the critics concurrently, each on its own thread, measured no
+faster at 2 threads (docs/cql.md, section 7).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,6 +46,8 @@ class FusedCriticConfig:
     terms: CriticLossOptions
     block_rows: int  # rows per block (CQLLoss.fused_block_rows; cache_blocking.py derives one from L2)
     compute_dtype: torch.dtype | None = None  # hidden layers' dtype (bf16 mode), last layer stays
+    # buffers reused across calls (CQLLoss keeps one per loss); a fresh one allocates per call
+    workspace: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def critic_loss_grad(
@@ -63,35 +74,13 @@ def critic_loss_grad(
         return torch.cat([d_data[..., None], d_proposals], dim=-1)
 
 
-class _Kernels:
-    """The fused pass's GEMMs. On CPU in float32, where oneDNN is built in, the forward
-    (bias fused into the GEMM) and the input-gradient GEMM run as oneDNN's linear
-    (``torch.ops.mkldnn._linear_pointwise``, the op behind inductor's CPU linears): at a
-    ~2000-row block of CORL's critic it ran 101-106 GFLOP/s against 89 for torch's default
-    GEMM on an AMD EPYC (Zen 4, 1 thread; 191-194 vs 166-171 at 2 threads). The
-    weight-gradient GEMM (long inner dimension) stays torch's: faster there (96 vs 84).
-    Other dtypes and devices: torch's GEMMs. The kernels round differently, not the math:
-    float64 (the formula tests) always takes torch's GEMMs."""
-
-    def __init__(self, device: torch.device):
-        op = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
-        self.op = op if device.type == "cpu" else None
-
-    def onednn(self, dtype: torch.dtype) -> bool:
-        return self.op is not None and dtype == torch.float32
-
-    def linear_relu(self, x, w, w_t, b):
-        """relu(x @ w^T + b) with ``w`` ``[out, in]``, ``w_t`` its ``[in, out]`` view. The
-        ReLU is torch's, not oneDNN's fused "relu" (which maps NaN to 0 and would hide a
-        diverged critic from the NaN guard; it saved nothing measurable)."""
-        y = self.op(x, w, b, "none", [None], "") if self.onednn(x.dtype) else torch.addmm(b, x, w_t)
-        return y.relu_()
-
-    def matmul(self, g, w, w_t_contig):
-        """``g @ w`` (the input gradient), ``w_t_contig`` = ``w^T`` contiguous or None."""
-        if w_t_contig is not None and self.onednn(g.dtype):
-            return self.op(g, w_t_contig, None, "none", [None], "")
-        return g @ w
+def _buffer(workspace: dict, key, rows: int, cols: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The workspace's ``[rows, cols]`` buffer ``key``, (re)allocated when its shape, dtype or
+    device changed."""
+    t = workspace.get(key)
+    if t is None or t.shape != (rows, cols) or t.dtype != dtype or t.device != like.device:
+        t = workspace[key] = torch.empty(rows, cols, dtype=dtype, device=like.device)
+    return t
 
 
 class FusedCriticGrad(torch.autograd.Function):
@@ -120,44 +109,40 @@ class FusedCriticGrad(torch.autograd.Function):
         # weight gradients accumulate in the parameters' dtype.
         full = Ws[-1].dtype
         dts = [cfg.compute_dtype or full] * (n_layers - 1) + [full]
-        # One critic at a time (K GEMMs instead of one batched GEMM: measured as fast), so that
-        # each hidden layer can run as oneDNN's linear with the bias fused into the GEMM
-        # (_Kernels), which has no out= form: activations are allocated per block, and
-        # the allocator hands the previous block's memory back (still in cache).
-        kern = _Kernels(x.device)
         w_t = [W.transpose(1, 2).to(dt) for W, dt in zip(Ws, dts)]  # [K, in, out] views
         w_c = [W.to(dt) for W, dt in zip(Ws, dts)]  # [K, out, in]
-        w_dx = [W.transpose(1, 2).contiguous() if kern.onednn(dt) else None for W, dt in zip(w_c, dts)]
         b_c = [b.to(dt) for b, dt in zip(bs, dts)]
         grad_w = [torch.zeros(w.shape, dtype=full, device=x.device) for w in w_t]
         grad_b = [torch.zeros(b.shape, dtype=full, device=x.device) for b in bs]
         q = torch.empty(K, rows, Ws[-1].shape[1], dtype=full, device=x.device)
         x_c = x.to(dts[0])
-
         states = max(1, cfg.block_rows // m)
         thr_bwd = torch.ops.aten.threshold_backward.grad_input
+
+        def buf(key, cols, dtype):
+            return _buffer(cfg.workspace, key, min(B, states) * m, cols, x, dtype)
+
         for s0 in range(0, B, states):
             s1 = min(B, s0 + states)
             r = (s1 - s0) * m
-            qb = q[:, s0 * m : s1 * m]
             # critic k: ins[k][i] = the input of layer i in that layer's dtype, acts[k][i] = the
             # ReLU output of layer i in its own dtype (the mask of layer i's backward)
-            ins, acts = [], []
+            ins, acts = {}, {}
             for k in range(K):
-                ins.append([x_c[s0 * m : s1 * m]])
-                acts.append([])
+                ins[k], acts[k] = [x_c[s0 * m : s1 * m]], []
                 for i in range(n_layers - 1):
-                    h = kern.linear_relu(ins[k][i], w_c[i][k], w_t[i][k], b_c[i][k])
-                    acts[k].append(h)
-                    ins[k].append(h if dts[i + 1] == dts[i] else h.to(dts[i + 1]))
-                torch.addmm(b_c[-1][k], ins[k][-1], w_t[-1][k], out=qb[k])
+                    h = buf(("act", k, i), Ws[i].shape[1], dts[i])[:r]
+                    acts[k].append(torch.addmm(b_c[i][k], ins[k][i], w_t[i][k], out=h).relu_())
+                    if dts[i + 1] != dts[i]:
+                        h = buf(("in", k, i + 1), Ws[i].shape[1], dts[i + 1])[:r].copy_(h)
+                    ins[k].append(h)
+                torch.addmm(b_c[-1][k], ins[k][-1], w_t[-1][k], out=q[k, s0 * m : s1 * m])
             mc = mc_return[s0:s1] if mc_return is not None else None
-            dq = critic_loss_grad(qb.view(K, s1 - s0, m), y[s0:s1], log_density[s0:s1], mc,
-                                  alpha_prime, state_weight[s0:s1], cfg.terms)
+            dq = critic_loss_grad(q[:, s0 * m : s1 * m].view(K, s1 - s0, m), y[s0:s1],
+                                  log_density[s0:s1], mc, alpha_prime, state_weight[s0:s1], cfg.terms)
             for k in range(K):
                 g = dq[k].reshape(r, 1)
                 for i in range(n_layers - 1, -1, -1):
-                    g = g.to(dts[i])
                     if dts[i] == full:
                         grad_w[i][k].addmm_(ins[k][i].t(), g)  # [in, out]: weight^T
                     else:
@@ -165,12 +150,14 @@ class FusedCriticGrad(torch.autograd.Function):
                     grad_b[i][k].add_(g.sum(0, dtype=full))
                     if i == 0:
                         break
+                    dx = buf(("dx", i, dts[i]), Ws[i].shape[2], dts[i])[:r]
                     if g.shape[-1] == 1:  # a 1-wide layer: an outer product, not a matmul
-                        g = g * w_c[i][k]
+                        torch.mul(g, w_c[i][k], out=dx)
                     else:
-                        g = kern.matmul(g, w_c[i][k], w_dx[i][k] if w_dx[i] is not None else None)
-                    g = g.to(dts[i - 1])
-                    thr_bwd(g, acts[k][i - 1], 0, grad_input=g)  # ReLU mask, in place
+                        torch.mm(g, w_c[i][k], out=dx)
+                    if dts[i - 1] != dts[i]:
+                        dx = buf(("dx", i, dts[i - 1]), Ws[i].shape[2], dts[i - 1])[:r].copy_(dx)
+                    g = thr_bwd(dx, acts[k][i - 1], 0, grad_input=dx)  # ReLU mask, in place
         ctx.grads = (
             *[gw.transpose(1, 2).contiguous() for gw in grad_w],
             *grad_b,
