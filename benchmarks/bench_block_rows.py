@@ -5,8 +5,8 @@ One ``CQLLoss`` + ``UpdateStep`` at CORL's shape (``bench_update.py``'s builder)
 round times ``--steps`` updates per block size, block sizes alternating (order rotated
 per round), so that the noise of shared cores hits every size alike. Prints the median
 rate per size and its ratio to the cache-derived size
-(``cql_modules.objectives.cache_blocking.default_block_rows``; ``CQLLoss`` uses 2048 rows
-unless ``fused_block_rows=None``), paired per round.
+(``cql_modules.objectives.cache_blocking.default_block_rows``, ``CQLLoss``'s default), paired
+per round.
 
     python benchmarks/bench_block_rows.py --threads 2 --rows 256,512,1024,2048,4096,8192
 """
@@ -35,7 +35,7 @@ def main(argv=None) -> dict:
     step, loss = bench_update.build_single_mode(a)
     device = torch.device("cpu")
     dtype = loss.critic_compute_dtype or torch.float32
-    default = default_block_rows(a.hidden, loss.num_qvalue_nets, dtype)
+    default = default_block_rows(a.hidden, loss.num_qvalue_nets, len(loss._q_weight_keys) - 1, dtype)
     sizes = sorted({int(r) for r in a.rows.split(",") if r} | {default})
     rates: dict[int, list[float]] = {r: [] for r in sizes}
     best: dict[int, float] = {r: math.inf for r in sizes}  # fastest single step: robust to contention

@@ -68,8 +68,8 @@ OUR_MODES: dict[str, dict[str, dict]] = {
     # captures the whole step (loss, backward, Adam, SoftUpdate): UpdateStep(cuda_graph=True)
     "compile-reduce-overhead": {"step": {"compile": "reduce-overhead"}},
     "eager-foreach-adam": {"optimizer": {"fused": False}},
-    # fused-pass blocks from the L2 size (cache_blocking.default_block_rows) instead of 2048
-    "eager-l2-blocks": {"loss_attrs": {"fused_block_rows": lambda loss: None}},
+    # fused-pass blocks of 2048 rows at any thread count (the default before cache_blocking's rule)
+    "eager-2048-blocks": {"loss_attrs": {"fused_block_rows": lambda loss: 2048}},
     "eager-autograd-critic": {"loss": {"fused_critic": False}},
     # UpdateStep's opt-in glibc tuning is process-wide: every row built after this one (the
     # baselines included) runs with it; run it alone for a clean A/B.

@@ -6,7 +6,7 @@ every 30 s, up to ``--wait-minutes``), then runs, each in its own process, and w
 ``benchmarks/results/<cpu>-<what>.json`` (``<cpu>`` e.g. ``amd-epyc``):
 
 * ``<cpu>-2t.json`` / ``<cpu>-1t.json``: ``bench_update.py`` at 2 and 1 threads, 5 rounds:
-  ours (eager fp32, eager with L2-derived blocks, bf16 critics), the CORL-structured
+  ours (eager fp32, eager with fixed 2048-row blocks, bf16 critics), the CORL-structured
   update and torchrl's ``CQLLoss``;
 * ``<cpu>-blocks-2t.json`` / ``<cpu>-blocks-1t.json``: ``bench_block_rows.py``;
 * ``<cpu>-profile-1t.json``: ``profile_update.py`` (phase x kind-of-work table).
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-COMMON = ["--rounds", "5", "--modes", "eager,eager-l2-blocks,bf16-critic", "--baselines", "corl-structured,torchrl-cql"]
+COMMON = ["--rounds", "5", "--modes", "eager,eager-2048-blocks,bf16-critic", "--baselines", "corl-structured,torchrl-cql"]
 
 
 def cpu_slug() -> str:

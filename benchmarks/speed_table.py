@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-NAMES = {"ours:eager": "ours, fp32 (default)", "ours:eager-l2-blocks": "ours, fp32, L2-derived blocks",
+NAMES = {"ours:eager": "ours, fp32 (default)", "ours:eager-2048-blocks": "ours, fp32, 2048-row blocks",
          "ours:bf16-critic": "ours, `critic_compute_dtype=bfloat16`", "corl-structured": "CORL-structured update",
          "torchrl-cql": "torchrl `CQLLoss`", "torchrl-sac": "torchrl `SACLoss` (backbone)"}
 TARGETS = {"corl": 1.25, "torchrl_cql": 1.5}

@@ -109,7 +109,7 @@ def test_main_tiny_shape_writes_json(bench, tmp_path, monkeypatch):
         "--hidden", "16", "--batch-size", "8", "--num-actions", "2",
         "--rounds", "1", "--steps", "2", "--warmup", "1",
         "--dataset-size", "256", "--peak-seconds", "0.005", "--peak-square", "64",
-        "--modes", "eager,eager-l2-blocks,bogus", "--json", str(out),
+        "--modes", "eager,eager-2048-blocks,bogus", "--json", str(out),
     ])
     assert torch.get_num_threads() == threads  # restored
     data = json.loads(out.read_text())
@@ -132,7 +132,7 @@ def test_main_tiny_shape_writes_json(bench, tmp_path, monkeypatch):
     assert data["sampling_ms_median"] > 0
 
     rows = {r["name"]: r for r in data["results"]}
-    assert set(rows) == {"ours:eager", "ours:eager-l2-blocks", "ours:bogus", "corl-structured", "torchrl-cql",
+    assert set(rows) == {"ours:eager", "ours:eager-2048-blocks", "ours:bogus", "corl-structured", "torchrl-cql",
                          "torchrl-sac"}
     bogus = rows.pop("ours:bogus")
     assert bogus["status"] == "unsupported" and "no_such_option" in bogus["error"]
@@ -222,18 +222,21 @@ def test_bf16_learning_tabulates_runs(tmp_path, capsys):
     assert "| fp32 | 2 | 95.0 ± 7.1 | 96.0 ± 7.1 | -2.0 ± 1.4 |" in capsys.readouterr().out
 
 
-def test_default_block_rows_from_l2():
-    from cql_modules.objectives.cache_blocking import cpu_cache_bytes, default_block_rows
+def test_default_block_rows_from_threads_and_l3():
+    from cql_modules.objectives.cache_blocking import ROWS_PER_THREAD, cpu_cache_bytes, default_block_rows
 
-    # one layer's activation block of the K critics, K x rows x (width + 1) values, fills the L2s
-    assert default_block_rows(256, 2, torch.float32, threads=1, l2_bytes=1 << 20) == 448  # 2*448*257*4 <= 1 MiB
-    assert default_block_rows(256, 2, torch.float32, threads=2, l2_bytes=1 << 20) == 960
-    assert default_block_rows(256, 2, torch.bfloat16, threads=1, l2_bytes=1 << 20) == 960
-    assert default_block_rows(256, 2, torch.float32, threads=1, l2_bytes=2 << 20) == 960
-    assert default_block_rows(4096, 10, torch.float64, threads=1, l2_bytes=1 << 20) == 64  # floor
+    l3 = 32 << 20
+    # ROWS_PER_THREAD per thread ...
+    assert default_block_rows(256, 2, 3, torch.float32, threads=1, l3_bytes=l3) == ROWS_PER_THREAD == 2048
+    assert default_block_rows(256, 2, 3, torch.float32, threads=2, l3_bytes=l3) == 4096
+    # ... while the K critics' hidden activations, K x layers x width values per row, fit in L3
+    assert default_block_rows(256, 2, 3, torch.float32, threads=16, l3_bytes=l3) == 5440  # 32 MiB / 6 KiB, floor 64
+    assert default_block_rows(256, 2, 3, torch.bfloat16, threads=16, l3_bytes=l3) == 10880
+    assert default_block_rows(256, 10, 3, torch.float32, threads=2, l3_bytes=l3) == 1088
+    assert default_block_rows(4096, 10, 4, torch.float64, threads=1, l3_bytes=1 << 20) == 64  # floor
     caches = cpu_cache_bytes()
     assert all(isinstance(v, int) and v > 0 for v in caches.values())
-    assert default_block_rows(256, 2) >= 64
+    assert default_block_rows(256, 2, 3) >= 64
 
 
 def test_profile_and_block_scripts_tiny(tmp_path):

@@ -57,8 +57,8 @@ muts = [
  (FUSED, "loss = ((t.td + t.penalty).sum(0) * state_weight).sum()", "loss = (t.td + t.penalty).sum() / state_weight.numel()"),
  (FUSED, "return torch.cat([d_data[..., None], d_proposals], dim=-1)", "return torch.cat([d_data[..., None], d_proposals.flip(-1)], dim=-1)"),
  (FUSED, "g = thr_bwd(dx, acts[k][i - 1], 0, grad_input=dx)", "g = dx"),
- (FUSED, "b_c = [b.to(dt) for b, dt in zip(bs, dts)]", "b_c = [0 * b.to(dt) for b, dt in zip(bs, dts)]"),
- (FUSED, "grad_b[i][k].add_(g.sum(0, dtype=full))", "grad_b[i][k].add_(g[:1].sum(0, dtype=full))"),
+ (FUSED, "b_c = [b.to(dt).unbind(0) for b, dt in zip(bs, dts)]", "b_c = [(0 * b.to(dt)).unbind(0) for b, dt in zip(bs, dts)]"),
+ (FUSED, "grad_b_k[i][k].add_(g.sum(0, dtype=full))", "grad_b_k[i][k].add_(g[:1].sum(0, dtype=full))"),
  (FUSED, "torch.mul(g, w_c[i][k], out=dx)", "torch.mul(g, w_c[i][0], out=dx)"),
  (FUSED, "torch.addmm(b_c[i][k], ins[k][i], w_t[i][k], out=h).relu_()", "torch.addmm(b_c[i][k], ins[k][i], w_t[i][k], out=h)"),
  # networks (docs/cql.md, section 8)

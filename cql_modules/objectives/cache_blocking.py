@@ -1,14 +1,15 @@
-"""Block size of the fused critic pass (``fused.py``) from the CPU's cache sizes.
+"""Block size of the fused critic pass (``fused.py``) from the thread count and the L3 size.
 
-The fused pass runs forward, dLoss/dQ and backward for a block of rows while the
-block's activations are still in cache. Small blocks keep each layer's matmul operands
-in the cores' private L2 (the matmuls then run near their peak) but cost one Python
-iteration of ~25 operations per critic each; large blocks spill to L3 or DRAM. Measured on an AMD
-EPYC (Zen 4, 1 MiB L2 per core, 1 thread, CORL's shape): the fused pass takes the same
-time for blocks of 124 to 992 rows and 10% / 30% / 50% more at 2046 / 4092 / 7936 rows.
-The default takes the middle of that plateau: one layer's activation block of all K
-critics (``K x rows x (width + 1)`` values) fills the L2 of the cores running the
-matmuls. ``benchmarks/bench_block_rows.py`` measures the update rate around this choice.
+Besides its GEMMs, which the T threads share, every block costs a fixed serial amount
+(Python and the block's dLoss/dQ by autograd, ~1 ms per block at CORL's shape). So the
+rows per block grow with T, keeping that serial part the same fraction of a block:
+``ROWS_PER_THREAD`` rows per thread. Measured on an AMD EPYC (Zen 4, 1 MiB L2 per core,
+32 MiB L3) with ``benchmarks/bench_block_rows.py``: at 1 thread 2048 rows beat 1024, 2976,
+4096 and 8192 by 2-8% in fp32 and in bf16; at 2 threads 4096 beat 2048 by 3-4% in two runs.
+The values a block's backward re-reads, the hidden activations of its K critics, stay
+within the L3 cache: at 8192 rows (48 MiB of them at CORL's shape) both thread counts were
+slower. Before the pass became allocation-free, an L2-derived size (448 rows
+at 1 thread) measured 7% slower than 2048.
 """
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["cpu_cache_bytes", "default_block_rows"]
+__all__ = ["ROWS_PER_THREAD", "cpu_cache_bytes", "default_block_rows"]
 
+ROWS_PER_THREAD = 2048
 _SIZE = re.compile(r"^(\d+)\s*([KMG]?)", re.I)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-FALLBACK_L2_BYTES = 1 << 20  # when sysfs says nothing (non-Linux): 1 MiB per core
+FALLBACK_L3_BYTES = 32 << 20  # when sysfs says nothing (non-Linux)
 
 
 @functools.cache
@@ -45,19 +47,20 @@ def cpu_cache_bytes() -> dict[str, int]:
     return out
 
 
-def default_block_rows(hidden_width: int, n_critics: int, dtype: torch.dtype = torch.float32,
-                       threads: int | None = None, l2_bytes: int | None = None) -> int:
-    """Rows per block such that one layer's activation block of all critics
-    (``n_critics x rows x (hidden_width + 1)`` values of ``dtype``) fills the L2 of the
-    ``threads`` cores running the matmuls (default: torch's thread count, at most the
-    usable CPUs), rounded down to a multiple of 64, at least 64.
+def default_block_rows(hidden_width: int, n_critics: int, n_hidden_layers: int,
+                       dtype: torch.dtype = torch.float32, threads: int | None = None,
+                       l3_bytes: int | None = None) -> int:
+    """``ROWS_PER_THREAD x threads`` rows (default: torch's thread count, at most the usable
+    CPUs), at most as many as keep a block's hidden activations in the L3 cache
+    (``n_critics x n_hidden_layers x hidden_width`` values of ``dtype`` per row); a
+    multiple of 64, at least 64.
 
-    >>> default_block_rows(256, 2, torch.float32, threads=1, l2_bytes=1 << 20)
-    448
+    >>> default_block_rows(256, 2, 3, torch.float32, threads=2, l3_bytes=32 << 20)
+    4096
     """
-    l2 = l2_bytes if l2_bytes is not None else cpu_cache_bytes().get("L2", FALLBACK_L2_BYTES)
+    l3 = l3_bytes if l3_bytes is not None else cpu_cache_bytes().get("L3", FALLBACK_L3_BYTES)
     if threads is None:
         usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         threads = max(1, min(torch.get_num_threads(), usable))
-    row_bytes = n_critics * (hidden_width + 1) * torch.empty((), dtype=dtype).element_size()
-    return max(64, (threads * l2 // row_bytes) // 64 * 64)
+    row_bytes = max(1, n_critics * n_hidden_layers) * hidden_width * torch.empty((), dtype=dtype).element_size()
+    return max(64, min(ROWS_PER_THREAD * threads, l3 // row_bytes) // 64 * 64)

@@ -264,11 +264,9 @@ class CQLLoss(CriticEnsembleMixin, LossModule):
         self.critic_compute_dtype = critic_compute_dtype
         self.fused_critic = fused_critic
         self.use_prioritized_weights = use_prioritized_weights
-        # Rows per block of the fused critic pass. None: from the CPU's L2 size
-        # (objectives/cache_blocking.py). 2048 stays the default: on an AMD EPYC (1 MiB L2)
-        # the L2 rule's 448-row blocks measured 7% slower at 1 thread and equal at 2
-        # (benchmarks/results/amd-epyc-{1t,2t}.json): per-block overhead outweighs the cache.
-        self.fused_block_rows: int | None = 2048
+        # Rows per block of the fused critic pass; None: from the thread count and the L3
+        # size (objectives/cache_blocking.py).
+        self.fused_block_rows: int | None = None
         # Optimizer updates counted so far (BC warm-up); a buffer so that it is checkpointed.
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.long))
 

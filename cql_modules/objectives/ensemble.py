@@ -186,7 +186,8 @@ class CriticEnsembleMixin:
         rows = self.fused_block_rows
         if rows is None:
             width = max(params.get(k).shape[1] for k in self._q_weight_keys)  # widest layer output
-            rows = default_block_rows(width, self.num_qvalue_nets, self.critic_compute_dtype or x.dtype)
+            rows = default_block_rows(width, self.num_qvalue_nets, len(self._q_weight_keys) - 1,
+                                      self.critic_compute_dtype or x.dtype)
         cfg = FusedCriticConfig(options, rows, self.critic_compute_dtype, self._fused_workspace)
         return FusedCriticGrad.apply(
             cfg, x.reshape(-1, x.shape[-1]), y, log_density, mc_return, alpha_prime, state_weight,

@@ -44,7 +44,7 @@ class FusedCriticConfig:
     """The critic-loss options plus the blocking of the fused pass."""
 
     terms: CriticLossOptions
-    block_rows: int  # rows per block (CQLLoss.fused_block_rows; cache_blocking.py derives one from L2)
+    block_rows: int  # rows per block (CQLLoss.fused_block_rows, by default from cache_blocking.py)
     compute_dtype: torch.dtype | None = None  # hidden layers' dtype (bf16 mode), last layer stays
     # buffers reused across calls (CQLLoss keeps one per loss); a fresh one allocates per call
     workspace: dict = field(default_factory=dict, compare=False, repr=False)
@@ -109,11 +109,13 @@ class FusedCriticGrad(torch.autograd.Function):
         # weight gradients accumulate in the parameters' dtype.
         full = Ws[-1].dtype
         dts = [cfg.compute_dtype or full] * (n_layers - 1) + [full]
+        # per layer, the K critics' views (unbound once: indexing a tensor per block costs dispatch)
         w_t = [W.transpose(1, 2).to(dt) for W, dt in zip(Ws, dts)]  # [K, in, out] views
-        w_c = [W.to(dt) for W, dt in zip(Ws, dts)]  # [K, out, in]
-        b_c = [b.to(dt) for b, dt in zip(bs, dts)]
-        grad_w = [torch.zeros(w.shape, dtype=full, device=x.device) for w in w_t]
+        w_c = [W.to(dt).unbind(0) for W, dt in zip(Ws, dts)]  # [out, in] each
+        b_c = [b.to(dt).unbind(0) for b, dt in zip(bs, dts)]
+        grad_w = [torch.zeros(w.shape, dtype=full, device=x.device) for w in w_t]  # [K, in, out]
         grad_b = [torch.zeros(b.shape, dtype=full, device=x.device) for b in bs]
+        w_t, grad_w_k, grad_b_k = ([t.unbind(0) for t in ts] for ts in (w_t, grad_w, grad_b))
         q = torch.empty(K, rows, Ws[-1].shape[1], dtype=full, device=x.device)
         x_c = x.to(dts[0])
         states = max(1, cfg.block_rows // m)
@@ -144,10 +146,10 @@ class FusedCriticGrad(torch.autograd.Function):
                 g = dq[k].reshape(r, 1)
                 for i in range(n_layers - 1, -1, -1):
                     if dts[i] == full:
-                        grad_w[i][k].addmm_(ins[k][i].t(), g)  # [in, out]: weight^T
+                        grad_w_k[i][k].addmm_(ins[k][i].t(), g)  # [in, out]: weight^T
                     else:
-                        grad_w[i][k].add_(torch.mm(ins[k][i].t(), g))
-                    grad_b[i][k].add_(g.sum(0, dtype=full))
+                        grad_w_k[i][k].add_(torch.mm(ins[k][i].t(), g))
+                    grad_b_k[i][k].add_(g.sum(0, dtype=full))
                     if i == 0:
                         break
                     dx = buf(("dx", i, dts[i]), Ws[i].shape[2], dts[i])[:r]
