@@ -111,7 +111,9 @@ class CQLLoss(CriticEnsembleMixin, LossModule):
             ``critic_compute_dtype``); ``False``: plain autograd; ``True``: on wherever it
             applies. It steps aside (plain autograd) whenever the critic's inputs require
             a gradient (e.g. a shared encoder in front of the critic) and under
-            ``torch.compile``, so it never changes a result.
+            ``torch.compile``, so it never changes a result. It reuses buffers kept in the
+            loss across updates: one instance computes one loss at a time (give each
+            thread its own copy).
         use_prioritized_weights: as in TorchRL's losses: ``"auto"`` or ``True`` reads the
             importance weights (``priority_weight``) when the batch has them, ``False``
             ignores them.
