@@ -274,9 +274,8 @@ def matmul_peak(dtype: torch.dtype, shapes: dict[str, tuple[int, int, int]], dev
                 seconds: float, trials: int = 3) -> dict:
     """Best GFLOP/s of ``torch.mm`` ([m,k] @ [k,n], 2*m*k*n FLOPs) over shapes and trials;
     a 4-tuple shape ``(b, m, k, n)`` times ``torch.bmm`` (what the vmapped ensemble runs), a
-    shape whose name contains "oneDNN" times oneDNN's linear (the fused critic's forward and
-    input-gradient GEMM on CPU; faster than ``torch.mm`` on some CPUs, so the peak must
-    include it)."""
+    shape whose name contains "oneDNN" times oneDNN's linear (faster than ``torch.mm`` on
+    some CPUs: the peak is the best GEMM torch offers, whichever the update uses)."""
     by_shape = {}
     for name, shape in shapes.items():
         b, (m, k, n) = (shape[0], shape[1:]) if len(shape) == 4 else (1, shape)

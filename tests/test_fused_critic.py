@@ -175,8 +175,9 @@ def test_fused_critic_workspace_is_reused_and_follows_shapes():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fused_critic_propagates_nan_like_autograd(dtype):
-    """A NaN critic weight makes the critic loss NaN on both paths (oneDNN's fused ReLU
-    would map NaN to 0 and hide a diverged critic from the recipes' NaN guard)."""
+    """A NaN critic weight makes the critic loss NaN on both paths: a ReLU that maps NaN
+    to 0 (oneDNN's fused one, aten's _add_relu) would hide a diverged critic from the
+    recipes' NaN guard."""
     loss = make_loss(layers=3).to(dtype)
     td = make_batch(B=7).to(dtype)
     with torch.no_grad():
