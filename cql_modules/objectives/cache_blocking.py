@@ -5,7 +5,8 @@ Besides its GEMMs, which the T threads share, every block costs a fixed serial a
 rows per block grow with T, keeping that serial part the same fraction of a block:
 ``ROWS_PER_THREAD`` rows per thread. Measured on an AMD EPYC (Zen 4, 1 MiB L2 per core,
 32 MiB L3) with ``benchmarks/bench_block_rows.py``: at 1 thread 2048 rows beat 1024, 2976,
-4096 and 8192 by 2-8% in fp32 and in bf16; at 2 threads 4096 beat 2048 by 3-4% in two runs.
+4096 and 8192 by 2-8% in fp32 and in bf16; at 2 threads 4096 beat 2048 by 1.6% paired over
+8 rounds and by 3-4% in two shorter sweeps.
 The values a block's backward re-reads, the hidden activations of its K critics, stay
 within the L3 cache: at 8192 rows (48 MiB of them at CORL's shape) both thread counts were
 slower. Before the pass became allocation-free, an L2-derived size (448 rows

@@ -24,8 +24,8 @@ activations and input gradients into buffers kept across calls (the ``workspace`
 ``CQLLoss`` owns). Why not oneDNN's linear, 12-19% faster than torch's GEMM at these shapes
 on an AMD EPYC (Zen 4)? It has no ``out=`` form, and its fresh ~2 MB outputs per block made
 glibc's malloc return pages to the OS and fault them in again (~7000 page faults per update
-at CORL's shape): the allocation-free pass made the whole update 1.04-1.08x faster at 1 and
-2 threads there. Running the critics concurrently, each on its own thread, measured no
+at CORL's shape): the allocation-free pass made the whole update 1.06x faster at 1 thread
+and 1.09x at 2 there (paired, README). Running the critics concurrently, each on its own thread, measured no
 faster at 2 threads (docs/cql.md, section 7).
 """
 from __future__ import annotations
@@ -129,9 +129,10 @@ class FusedCriticGrad(torch.autograd.Function):
             r = (s1 - s0) * m
             # critic k: ins[k][i] = the input of layer i in that layer's dtype, acts[k][i] = the
             # ReLU output of layer i in its own dtype (the mask of layer i's backward)
-            ins, acts = {}, {}
+            ins, acts = [], []
             for k in range(K):
-                ins[k], acts[k] = [x_c[s0 * m : s1 * m]], []
+                ins.append([x_c[s0 * m : s1 * m]])
+                acts.append([])
                 for i in range(n_layers - 1):
                     h = buf(("act", k, i), Ws[i].shape[1], dts[i])[:r]
                     acts[k].append(torch.addmm(b_c[i][k], ins[k][i], w_t[i][k], out=h).relu_())
