@@ -30,12 +30,11 @@ def main(argv=None) -> dict:
     p.add_argument("--rows", default="256,512,1024,2048,4096,8192", help="comma-separated block sizes (rows)")
     p.add_argument("--rounds", type=int, default=5)
     a = p.parse_args(argv)
-    from cql_modules.objectives.cache_blocking import cpu_cache_bytes, default_block_rows
+    from cql_modules.objectives.cache_blocking import cpu_cache_bytes
 
     step, loss = bench_update.build_single_mode(a)
     device = torch.device("cpu")
-    dtype = loss.critic_compute_dtype or torch.float32
-    default = default_block_rows(a.hidden, loss.num_qvalue_nets, len(loss._q_weight_keys) - 1, dtype)
+    default = loss.default_fused_block_rows()
     sizes = sorted({int(r) for r in a.rows.split(",") if r} | {default})
     rates: dict[int, list[float]] = {r: [] for r in sizes}
     best: dict[int, float] = {r: math.inf for r in sizes}  # fastest single step: robust to contention

@@ -174,6 +174,14 @@ class CriticEnsembleMixin:
             return False
         return self.fused_critic is True or self.action_low.device.type == "cpu"
 
+    def default_fused_block_rows(self) -> int:
+        """Rows per block of the fused pass when ``fused_block_rows`` is None, from this
+        ensemble's widest layer, depth and compute dtype (objectives/cache_blocking.py)."""
+        weights = [self.qvalue_network_params.get(k) for k in self._q_weight_keys]
+        width = max(w.shape[1] for w in weights)  # widest layer output
+        return default_block_rows(width, self.num_qvalue_nets, len(weights) - 1,
+                                  self.critic_compute_dtype or weights[0].dtype)
+
     def _critic_q(self, td, actions, y, log_density, mc_return, alpha_prime, state_weight, options):
         """Q of all K critics at the dataset action and the 3N proposals, one batched call,
         ``[K, B, 1 + 3N]``; plus the fused path's gradient carrier (or None)."""
@@ -183,11 +191,7 @@ class CriticEnsembleMixin:
             return self._q_values(params, inputs), None
         # same Q values; the critic gradient is formed block by block (fused.py)
         x = torch.cat(inputs, dim=-1)
-        rows = self.fused_block_rows
-        if rows is None:
-            width = max(params.get(k).shape[1] for k in self._q_weight_keys)  # widest layer output
-            rows = default_block_rows(width, self.num_qvalue_nets, len(self._q_weight_keys) - 1,
-                                      self.critic_compute_dtype or x.dtype)
+        rows = self.fused_block_rows or self.default_fused_block_rows()
         cfg = FusedCriticConfig(options, rows, self.critic_compute_dtype, self._fused_workspace)
         return FusedCriticGrad.apply(
             cfg, x.reshape(-1, x.shape[-1]), y, log_density, mc_return, alpha_prime, state_weight,

@@ -74,12 +74,12 @@ def critic_loss_grad(
         return torch.cat([d_data[..., None], d_proposals], dim=-1)
 
 
-def _buffer(workspace: dict, key, rows: int, cols: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _buffer(workspace: dict, key, rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The workspace's ``[rows, cols]`` buffer ``key``, (re)allocated when its shape, dtype or
     device changed."""
     t = workspace.get(key)
-    if t is None or t.shape != (rows, cols) or t.dtype != dtype or t.device != like.device:
-        t = workspace[key] = torch.empty(rows, cols, dtype=dtype, device=like.device)
+    if t is None or t.shape != (rows, cols) or t.dtype != dtype or t.device != device:
+        t = workspace[key] = torch.empty(rows, cols, dtype=dtype, device=device)
     return t
 
 
@@ -122,7 +122,7 @@ class FusedCriticGrad(torch.autograd.Function):
         thr_bwd = torch.ops.aten.threshold_backward.grad_input
 
         def buf(key, cols, dtype):
-            return _buffer(cfg.workspace, key, min(B, states) * m, cols, x, dtype)
+            return _buffer(cfg.workspace, key, min(B, states) * m, cols, dtype, x.device)
 
         for s0 in range(0, B, states):
             s1 = min(B, s0 + states)
