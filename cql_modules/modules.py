@@ -16,6 +16,7 @@ import torch
 from tensordict.nn import TensorDictModule
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils import parametrize
 from torchrl.data import Bounded
 from torchrl.modules import MLP as TorchRLMLP, ProbabilisticActor, TanhNormal, ValueOperator
 
@@ -107,7 +108,12 @@ def is_relu_mlp(module: nn.Module) -> bool:
     kids = list(module.children())
     if len(kids) % 2 == 0:
         return False
-    return all(isinstance(m, nn.Linear if i % 2 == 0 else nn.ReLU) for i, m in enumerate(kids))
+    # plain Linear layers only: the fast path reads .weight and .bias directly
+    return all(
+        isinstance(m, nn.ReLU) if i % 2 else
+        isinstance(m, nn.Linear) and m.bias is not None and not parametrize.is_parametrized(m)
+        for i, m in enumerate(kids)
+    )
 
 
 def ensemble_mlp(

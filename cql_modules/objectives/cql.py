@@ -53,6 +53,32 @@ class _Samples(NamedTuple):
     log_density: torch.Tensor  # [B, 3N] their log-densities
 
 
+def _check_stochastic_actor(actor) -> None:
+    """CQL needs reparameterised samples with finite log-probs (tanh-Gaussian in CORL)."""
+    # a plain TensorDictModule's get_dist returns a Delta: inf log-probs, NaN temperature loss
+    classes = [c for m in actor.modules() if isinstance(c := getattr(m, "distribution_class", None), type)]
+    if not callable(getattr(actor, "get_dist", None)) or not classes:
+        raise TypeError(
+            f"CQLLoss needs a stochastic actor (a ProbabilisticActor, e.g. with TanhNormal as "
+            f"cql_modules.make_actor builds), got {type(actor).__name__}"
+        )
+    delta = [c.__name__ for c in classes if "Delta" in c.__name__]
+    if delta:
+        raise ValueError(
+            f"CQLLoss needs an actor distribution with a finite log_prob; {delta[0]} has none. "
+            "Use TanhNormal (cql_modules.make_actor)"
+        )
+
+
+def _per_action_bounds(bound: torch.Tensor) -> torch.Tensor:
+    """A spec's bound as ``[action_dim]``: a batched env's spec (``[*envs, action_dim]``)
+    has one row per env, which must agree."""
+    rows = bound.reshape(-1, bound.shape[-1]) if bound.ndim > 1 else bound.reshape(1, -1)
+    if not (rows == rows[0]).all():
+        raise ValueError(f"CQLLoss needs one set of action bounds; the spec's rows differ: {bound}")
+    return rows[0].clone()
+
+
 class CQLLoss(CriticEnsembleMixin, LossModule):
     r"""Conservative Q-Learning loss (Kumar et al., 2020) with CORL's conventions.
 
@@ -217,16 +243,21 @@ class CQLLoss(CriticEnsembleMixin, LossModule):
         if num_actions < 1:
             raise ValueError(f"num_actions must be >= 1, got {num_actions}")
 
+        _check_stochastic_actor(actor_network)
         self.actor_network = actor_network
 
         self._setup_critic_ensemble(qvalue_network, num_qvalue_nets)
 
         # Action bounds (uniform proposal, target entropy).
         action_spec = bounded_action_spec_of(actor_network, action_spec)
-        low = torch.as_tensor(action_spec.space.low, dtype=torch.float32).reshape(-1)
-        high = torch.as_tensor(action_spec.space.high, dtype=torch.float32).reshape(-1)
-        if not torch.isfinite(low).all() or not torch.isfinite(high).all() or not (high > low).all():
-            raise ValueError(f"action bounds must be finite with high > low, got low={low}, high={high}")
+        low, high = (_per_action_bounds(torch.as_tensor(b, dtype=torch.float32))
+                     for b in (action_spec.space.low, action_spec.space.high))
+        # an Unbounded spec holds float32's max: finite, but high - low overflows to inf
+        if not torch.isfinite(high - low).all() or not (high > low).all():
+            raise ValueError(
+                f"CQLLoss needs finite action bounds with high > low for its uniform proposal, got low={low}, "
+                f"high={high}; pass action_spec=Bounded(low, high, shape=(action_dim,))"
+            )
         self.register_buffer("action_low", low)
         self.register_buffer("action_high", high)
         action_dim = low.numel()

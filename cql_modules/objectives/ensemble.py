@@ -115,6 +115,15 @@ class CriticEnsembleMixin:
                 f"cql_modules.make_critic), got {type(critics[0]).__name__}"
             )
         self.convert_to_functional(critics, "qvalue_network", num_qvalue_nets, create_target_params=True)
+        # From one module, TensorDict.from_modules returns expanded views, not leaf parameters:
+        # without this, a single critic would never train.
+        params = self.qvalue_network_params
+        expanded = [(k, v) for k, v in params.items(True, True) if v.requires_grad and not isinstance(v, nn.Parameter)]
+        if expanded:
+            params.unlock_()
+            for key, value in expanded:
+                params.set(key, nn.Parameter(value.detach().clone()))
+            params.lock_()
         self.num_qvalue_nets = num_qvalue_nets
         self._fused_workspace: dict = {}  # the fused pass's buffers, reused across updates (fused.py)
         # Fast path for plain ReLU MLP critics: explicit batched matmuls (ensemble_mlp).
@@ -139,12 +148,12 @@ class CriticEnsembleMixin:
                 inputs.append(actions)
             else:
                 x = read_key(td, unravel_key(("next", key)) if next_state else key)
-                inputs.append(x[:, None].expand(*actions.shape[:2], x.shape[-1]))
+                inputs.append(x[:, None].expand(*actions.shape[:2], *x.shape[1:]))
         return inputs
 
     def _q_values(self, params: TensorDictBase, inputs: list[torch.Tensor]) -> torch.Tensor:
         """All K critics on inputs ``[B, M, *]`` in one batched call -> ``[K, B, M]``."""
-        lead = inputs[0].shape[:-1]
+        lead = inputs[0].shape[:2]
         if self._fast_critic:
             x = torch.cat(inputs, dim=-1) if len(inputs) > 1 else inputs[0]
             weights = [params.get(k) for k in self._q_weight_keys]
@@ -161,7 +170,13 @@ class CriticEnsembleMixin:
                 f"CQLLoss: the critic wrote no {self.tensor_keys.state_action_value!r} (it wrote "
                 f"{sorted(map(str, out.keys(True, True)))}); name its output with loss.set_keys(state_action_value=...)"
             )
-        return q.squeeze(-1).to(self.action_low.dtype)
+        if q.shape[1:] != (*lead, 1):
+            raise ValueError(
+                f"CQLLoss: the critic's {self.tensor_keys.state_action_value!r} has shape {tuple(q.shape[1:])} for "
+                f"inputs of batch {tuple(lead)}; it must be {(*lead, 1)} (keep the trailing value dim of 1)"
+            )
+        # bf16 under autocast -> the loss's dtype; float64 critics keep float64
+        return q.squeeze(-1).to(torch.promote_types(q.dtype, self.action_low.dtype))
 
     def _use_fused_critic(self, inputs: list[torch.Tensor]) -> bool:
         if self.fused_critic is False or not self._fast_critic or self.reduction == "none":
