@@ -85,7 +85,9 @@ def load_actor(run_dir_or_checkpoint: str | os.PathLike):
     actor_state = {k[len(prefix):]: v for k, v in loss_state.items() if k.startswith(prefix)}
     weights = [v for k, v in actor_state.items() if k.endswith(".weight")]
     if not weights or "action_low" not in loss_state:
-        raise ValueError(f"{path} holds no continuous CQL actor (a discrete CQL run?); export_policy exports "
+        from cql_modules.train.state import CheckpointError  # a ValueError: one line in the recipes
+
+        raise CheckpointError(f"{path} holds no continuous CQL actor (a discrete CQL run?); export_policy exports "
                          "the tanh-Gaussian policies of recipes/offline_cql.py and recipes/finetune_cql.py")
     obs_dim = weights[0].shape[1]
     low, high = loss_state["action_low"], loss_state["action_high"]

@@ -89,8 +89,11 @@ def test_bad_inputs(tiny_run, tmp_path):
         export_policy(tmp_path / "nothing", tmp_path / "p")
     state = load_checkpoint(tiny_run / "checkpoints" / "last.pt")
     state["loss"] = {k: v for k, v in state["loss"].items() if not k.startswith("actor_network.")}
+    no_actor = save_checkpoint(state, tmp_path / "no_actor.pt")
     with pytest.raises(ValueError, match="holds no continuous CQL actor"):
-        export_policy(save_checkpoint(state, tmp_path / "no_actor.pt"), tmp_path / "p")
+        export_policy(no_actor, tmp_path / "p")
+    # recipes/evaluate.py on such a checkpoint (e.g. a discrete run's): one line, exit 2
+    assert load_recipe("evaluate").main([str(no_actor), "eval.n_episodes=1"]) == 2
 
 
 # ----------------------------------------------------------------------------- recipes/evaluate.py

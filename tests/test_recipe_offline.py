@@ -268,3 +268,29 @@ def test_multirun_sweep_with_the_joblib_launcher(minari_root, tmp_path):
     summaries = sorted(tmp_path.glob("*/summary.json"))
     assert len(summaries) == 2
     assert sorted(json.loads(p.read_text())["seed"] for p in summaries) == [0, 1]
+
+
+def test_continuous_recipes_refuse_discrete_actions():
+    from types import SimpleNamespace
+
+    import gymnasium as gym
+
+    from cql_modules.train.build import build_learner
+    from cql_modules.train.config import ConfigError, OfflineConfig
+
+    info = SimpleNamespace(name="x/cartpole-v0", action_space=gym.spaces.Discrete(2),
+                           observation_space=gym.spaces.Box(-1, 1, (4,)))
+    with pytest.raises(ConfigError, match="needs continuous"):
+        build_learner(OfflineConfig(), info)
+
+
+def test_a_sweep_whose_jobs_fail_exits_with_their_code(tmp_path):
+    """Hydra's basic launcher runs every job (the sweep goes on), then exits with the first
+    failure's code and one summary line."""
+    bad = tmp_path / "bad.hdf5"
+    bad.write_bytes(b"not hdf5")
+    cmd = [sys.executable, str(ROOT / "recipes" / "offline_cql.py"), "--multirun", "seed=0,1",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}", *TINY, f"dataset.name={bad}", "eval.every=0"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3, out.stderr[-3000:]
+    assert "sweep: 2 of 2 jobs failed (data, data)" in out.stderr and "Traceback" not in out.stderr

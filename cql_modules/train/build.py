@@ -94,6 +94,9 @@ def build_learner(c: OfflineConfig, info: Any, device: torch.device | str = "cpu
     ``loss.*`` field is one of its arguments), Adam and ``update_cls``
     (:class:`~cql_modules.train.update.UpdateStep` or a subclass: one backward, one Adam
     step, Polyak targets)."""
+    if len(getattr(info.action_space, "shape", ()) or ()) != 1 or not hasattr(info.action_space, "low"):
+        raise ConfigError(f"dataset.name: {info.name} has {info.action_space} actions; this recipe needs continuous "
+                          "(Box) ones (recipes/discrete_cql.py handles discrete actions)")
     obs_dim, act_dim = info.observation_space.shape[0], info.action_space.shape[0]
     action_spec = bounded_action_spec(act_dim, info.action_space.low, info.action_space.high)
     n = c.network

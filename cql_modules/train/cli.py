@@ -239,9 +239,11 @@ def _one_line(kind: str, err: BaseException) -> str:
 
 # ----------------------------------------------------------------------------- the wrapper
 class _Started:
-    """How many tasks :func:`guarded` has started in this process (Hydra's own errors come before)."""
+    """How many tasks :func:`guarded` has started in this process (Hydra's own errors come
+    before), and the expected-error kinds of the sweep jobs that failed (a sweep goes on)."""
 
     count = 0
+    failures: list[str] = []
 
 
 def guarded(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -261,6 +263,7 @@ def guarded(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
             print(_one_line("run_dir", err), file=sys.stderr)
             if single:
                 sys.exit(EXIT_CODES["run_dir"])
+            _Started.failures.append("run_dir")
             return None
         try:
             return _launch(task, cfg, hydra_cfg, run_dir, single)
@@ -344,6 +347,7 @@ def _launch(task: Callable[[Any], Any], cfg: Any, hydra_cfg: Any, run_dir: Path,
         print(_one_line(kind, err), file=sys.stderr)
         if single:
             sys.exit(EXIT_CODES[kind])
+        _Started.failures.append(kind)
         return None
 
 
@@ -399,13 +403,21 @@ def hydra_entry(train: Callable[[Any, Path], dict], config_name: str) -> Callabl
 
     @functools.wraps(entry)
     def main() -> Any:
-        started = _Started.count
+        started, failed = _Started.count, len(_Started.failures)
         try:
-            return entry()
+            result = entry()
         except SystemExit as stop:  # Hydra could not compose the command line: a config error
             if stop.code == 1 and _Started.count == started:
                 sys.exit(EXIT_CODES["config"])
             raise
+        # In-process sweep jobs (Hydra's basic launcher) that failed with an expected error: the
+        # sweep ran on, but its exit code is the first failure's, so scripts can tell.
+        kinds = _Started.failures[failed:]
+        if kinds:
+            print(f"sweep: {len(kinds)} of {_Started.count - started} jobs failed ({', '.join(kinds)}); "
+                  "see the lines above", file=sys.stderr)
+            sys.exit(EXIT_CODES[kinds[0]])
+        return result
 
     return main
 
