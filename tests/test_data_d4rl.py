@@ -233,3 +233,12 @@ def test_empty_hdf5_and_bad_batch_sizes(tmp_path):
     for bad in (0, -4, 2.5, True):
         with pytest.raises(ValueError, match="batch_size must be a positive integer"):
             load_dataset(tmp_path / "toy.hdf5", batch_size=bad)
+
+
+def test_hdf5_actions_outside_the_unit_box_are_refused(tmp_path):
+    """A D4RL-format file is read with D4RL's [-1, 1] action box: other ranges are one line."""
+    arrays = write_d4rl(tmp_path / "ok.hdf5")
+    load_dataset(tmp_path / "ok.hdf5")
+    write_d4rl(tmp_path / "torque.hdf5", actions=arrays["actions"] * 4)  # e.g. Pendulum's [-2, 2]
+    with pytest.raises(DatasetError, match=r"actions range over \[-2, 2\], outside \[-1, 1\]"):
+        load_dataset(tmp_path / "torque.hdf5")

@@ -257,11 +257,21 @@ def _read_source(name: str, download: bool) -> _Source:
     return _from_minari(read_minari(open_minari(name, download)), name)
 
 
+ACTION_BOUND_TOLERANCE = 1e-4  # float rounding of actions clipped to [-1, 1]
+
+
 def _from_d4rl(path: Path, d4rl_name: str | None) -> _Source:
     import gymnasium as gym
 
     t = read_d4rl_hdf5(path)
     entry = D4RL_DATASETS.get(d4rl_name) if d4rl_name else None
+    lo, hi = float(t.actions.min()), float(t.actions.max())
+    if entry is None and (lo < -1 - ACTION_BOUND_TOLERANCE or hi > 1 + ACTION_BOUND_TOLERANCE):
+        raise DatasetError(
+            f"{path}: actions range over [{lo:.4g}, {hi:.4g}], outside [-1, 1]; a D4RL-format file is read as D4RL's "
+            "MuJoCo tasks are, with actions in [-1, 1] (the policy's range and CQL's uniform proposal): rescale "
+            "them, or build a Minari dataset, whose action space comes from its environment"
+        )
     obs_dim, act_dim = t.observations.shape[1], t.actions.shape[1]
     return _Source(
         source="d4rl",
